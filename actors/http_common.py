@@ -1,0 +1,166 @@
+"""What every gateway route shares: request ids, errors as JSON, headers, sessions.
+
+The request id is made here (32 hex characters), returned in ``X-Request-ID``,
+carried in every frame header as the trace id and logged by each actor that touches
+the request. Errors become ``{"error": {"code", "message"}}`` with the stable code of
+actors.errors; nothing unexpected ever leaves as a bare 500 page.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from actors import messages, metrics, tokens
+from actors.errors import (
+    CallerError,
+    InvalidInput,
+    PayloadTooLarge,
+    Throttled,
+    Unauthenticated,
+    UserhubError,
+)
+
+log = structlog.get_logger("gateway")
+
+REQUEST_ID = web.RequestKey("request_id", str)
+SESSION_COOKIE = "userhub_session"
+SECURE_SESSION_COOKIE = "__Host-userhub_session"
+MAX_JSON_BYTES = 16 * 1024
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(exc: UserhubError) -> web.Response:
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if exc.field:
+        body["field"] = exc.field
+    headers = {}
+    if isinstance(exc, Throttled):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    elif exc.retriable:
+        headers["Retry-After"] = "1"
+    return web.json_response({"error": body}, status=exc.http_status, headers=headers)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+@web.middleware
+async def observe(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Request id, timing, logging, and errors as JSON for every route."""
+    request_id = uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except UserhubError as exc:
+        response = error_response(exc)
+        metrics.ERRORS.labels("gateway", exc.code).inc()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "bad_request")
+        response = web.json_response(
+            {"error": {"code": code, "message": exc.reason}},
+            status=exc.status,
+            headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+        )
+        metrics.ERRORS.labels("gateway", code).inc()
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        response = web.json_response(
+            {"error": {"code": "internal", "message": "internal error"}}, status=500
+        )
+        metrics.ERRORS.labels("gateway", "internal").inc()
+    elapsed = time.perf_counter() - started
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "unmatched"
+    metrics.REQUEST_SECONDS.labels(name, str(response.status)).observe(elapsed)
+    response.headers["X-Request-ID"] = request_id
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Content-Security-Policy", API_CSP)
+    response.headers.setdefault("Cache-Control", "no-store")
+    log.info(
+        "http",
+        method=request.method,
+        route=name,
+        status=response.status,
+        duration_ms=round(elapsed * 1000, 3),
+    )
+    structlog.contextvars.unbind_contextvars("request_id")
+    return response
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """A JSON object body, bounded in size; anything else is the caller's error."""
+    if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
+        raise PayloadTooLarge(f"JSON bodies are limited to {MAX_JSON_BYTES} bytes")
+    raw = await request.content.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise PayloadTooLarge(f"JSON bodies are limited to {MAX_JSON_BYTES} bytes")
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise CallerError("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object")
+    return body
+
+
+def session_cookie_name(secure: bool) -> str:
+    return SECURE_SESSION_COOKIE if secure else SESSION_COOKIE
+
+
+def token_hash_of(request: web.Request, secure: bool) -> str:
+    """The stored hash of the caller's token (Bearer header or cookie), or 401."""
+    auth = request.headers.get("Authorization", "")
+    token = ""
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthenticated("use Authorization: Bearer <token>")
+        token = value.strip()
+    else:
+        token = request.cookies.get(session_cookie_name(secure), "")
+    if not token:
+        raise Unauthenticated("not logged in")
+    token_hash = tokens.hash_token(token)
+    if token_hash is None:
+        raise Unauthenticated("not logged in or the session has ended")
+    return token_hash
+
+
+def profile_json(user: messages.User) -> dict[str, Any]:
+    return {
+        "username": user.username,
+        "nickname": user.nickname,
+        "avatar_url": f"/avatars/{user.avatar_key}" if user.avatar_key else None,
+        "member_since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(user.created_at)),
+    }
+
+
+def idempotency_key(request: web.Request) -> str:
+    """The client's Idempotency-Key if it sent a sane one, else a fresh one."""
+    key = request.headers.get("Idempotency-Key", "")
+    if key and len(key) <= 64 and key.isascii() and key.isprintable():
+        return key
+    if key:
+        raise InvalidInput("Idempotency-Key must be 1-64 printable ASCII characters")
+    return uuid.uuid4().hex

@@ -1,0 +1,159 @@
+"""Prometheus metrics for every actor, aggregated so one scrape shows a whole host.
+
+Actors run with ``PROMETHEUS_MULTIPROC_DIR`` set (supervisord.conf does it): each
+process writes its samples to memory-mapped files there, and any gateway's
+``/metrics`` sums them. Counters and histograms of a dead process stay in the sum
+(its requests did happen); live gauges of dead pids are removed at every actor start
+so a restarted process is never counted twice.
+
+Stages follow the ones the original system measured: round trip from the client, get
+connection, send message, free connection, DB get user, DB session write, cache
+hit, cache miss (cache query plus DB query) and cache write.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+# Fine enough to read a p99 anywhere between 0.5 ms and 1 s.
+BUCKETS = (
+    0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075,
+    0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+)  # fmt: skip
+
+REQUEST_SECONDS = Histogram(
+    "userhub_http_request_seconds",
+    "Round trip of an HTTP request inside the gateway, by route.",
+    ["route", "status"],
+    buckets=BUCKETS,
+)
+GET_CONNECTION_SECONDS = Histogram(
+    "userhub_get_connection_seconds",
+    "Time to get a leased connection to a worker of a kind.",
+    ["caller", "kind"],
+    buckets=BUCKETS,
+)
+SEND_MESSAGE_SECONDS = Histogram(
+    "userhub_send_message_seconds",
+    "Time from sending a request to a worker until its reply arrives.",
+    ["caller", "kind", "message"],
+    buckets=BUCKETS,
+)
+FREE_CONNECTION_SECONDS = Histogram(
+    "userhub_free_connection_seconds",
+    "Time to hand a leased connection back after a call.",
+    ["caller", "kind"],
+    buckets=BUCKETS,
+)
+DB_QUERY_SECONDS = Histogram(
+    "userhub_db_query_seconds",
+    "MySQL work by stage (get_user, session_write, ...), connection acquire included.",
+    ["stage"],
+    buckets=BUCKETS,
+)
+CACHE_SECONDS = Histogram(
+    "userhub_cache_seconds",
+    "Cache stages: hit (Redis only), miss (Redis plus db_worker), write.",
+    ["stage"],
+    buckets=BUCKETS,
+)
+CACHE_LOOKUPS = Counter(
+    "userhub_cache_lookups_total", "Profile lookups in the cache by result.", ["result"]
+)
+PASSWORD_HASH_SECONDS = Histogram(
+    "userhub_password_hash_seconds",
+    "argon2id work per operation (hash or verify), queueing excluded.",
+    ["op"],
+    buckets=BUCKETS,
+)
+ERRORS = Counter(
+    "userhub_errors_total", "Errors answered, by actor kind and stable code.", ["actor", "code"]
+)
+STARTS = Counter("userhub_process_starts_total", "Actor process starts, by kind.", ["actor"])
+POOL_SIZE = Gauge(
+    "userhub_pool_connections",
+    "Connections a pool holds, by pool.",
+    ["actor", "pool"],
+    multiprocess_mode="livesum",
+)
+POOL_IN_USE = Gauge(
+    "userhub_pool_connections_in_use",
+    "Connections of a pool lent out right now.",
+    ["actor", "pool"],
+    multiprocess_mode="livesum",
+)
+LEASES_HELD = Gauge(
+    "userhub_leases_held",
+    "Leases this process holds on workers of a kind.",
+    ["actor", "kind"],
+    multiprocess_mode="livesum",
+)
+WAITING_REQUESTS = Gauge(
+    "userhub_waiting_requests",
+    "Requests waiting for a connection or a worker.",
+    ["actor", "pool"],
+    multiprocess_mode="livesum",
+)
+IN_FLIGHT = Gauge(
+    "userhub_in_flight_requests",
+    "Requests a worker is handling right now.",
+    ["actor"],
+    multiprocess_mode="livesum",
+)
+REGISTERED_WORKERS = Gauge(
+    "userhub_registered_workers",
+    "Workers registered with the pool manager, by kind.",
+    ["kind"],
+    multiprocess_mode="liveall",
+)
+
+_PID_FILE = re.compile(r"_(\d+)\.db$")
+
+
+def clean_dead_pids(directory: str | None = None) -> None:
+    """Drop live-gauge files of processes that no longer exist."""
+    directory = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory or not os.path.isdir(directory):
+        return
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        match = _PID_FILE.search(path.name)
+        if match and not _pid_alive(int(match.group(1))):
+            multiprocess.mark_process_dead(int(match.group(1)), directory)  # type: ignore[no-untyped-call]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def started(actor: str) -> None:
+    """Record an actor start and tidy up after processes that died before it."""
+    clean_dead_pids()
+    STARTS.labels(actor).inc()
+
+
+def scrape() -> bytes:
+    """The text exposition for this host: every process when multiprocess mode is on."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY)

@@ -1,0 +1,301 @@
+"""All SQL userhub runs, over an aiomysql pool bounded by the leased MySQL budget.
+
+Only db_workers import this. The pool is as large as the pool manager granted from
+the global budget; a gate in front of it bounds waiting with a timeout (pool
+exhaustion is its own error, distinct from MySQL being down), and a connection that
+saw an unexpected error is closed, never returned to the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiomysql
+import pymysql
+import structlog
+
+from actors import messages, metrics
+from actors.config import MysqlDsn, SessionPolicy
+from actors.errors import DatabaseUnavailable, PoolExhausted, Unauthenticated, UsernameTaken
+
+log = structlog.get_logger("user_store")
+
+_USER_COLUMNS = "u.id, u.username, u.nickname, u.avatar_key, u.created_at, u.version"
+_DUPLICATE_KEY = 1062
+
+
+def _user(row: tuple[Any, ...]) -> messages.User:
+    return messages.User(
+        user_id=int(row[0]),
+        username=row[1],
+        nickname=row[2],
+        avatar_key=row[3],
+        created_at=float(row[4]),
+        version=int(row[5]),
+    )
+
+
+def scoped_key(user_scope: str, idempotency_key: str) -> str:
+    """Idempotency keys are the client's; scope them so two clients never collide."""
+    return hashlib.sha256(f"{user_scope}\0{idempotency_key}".encode()).hexdigest()
+
+
+# Token hashes travel as hex and are stored as BINARY(32) through UNHEX(): binary
+# parameters trip an escaping bug in the pinned aiomysql/PyMySQL pair.
+
+
+class UserStore:
+    def __init__(self, dsn: MysqlDsn, size: int, acquire_timeout_s: float = 2.0) -> None:
+        self._dsn = dsn
+        self.size = max(1, size)
+        self._gate = asyncio.Semaphore(self.size)
+        self._acquire_timeout_s = acquire_timeout_s
+        self._pool: aiomysql.Pool | None = None
+        self._in_use = metrics.POOL_IN_USE.labels("db_worker", "mysql")
+        metrics.POOL_SIZE.labels("db_worker", "mysql").set(self.size)
+
+    async def open(self) -> None:
+        self._pool = await aiomysql.create_pool(
+            host=self._dsn.host,
+            port=self._dsn.port,
+            user=self._dsn.user,
+            password=self._dsn.password,
+            db=self._dsn.database,
+            minsize=1,
+            maxsize=self.size,
+            autocommit=True,
+            charset="utf8mb4",
+            connect_timeout=2,
+            pool_recycle=3600,
+        )
+
+    @property
+    def is_open(self) -> bool:
+        return self._pool is not None
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            await self._pool.wait_closed()
+            self._pool = None
+
+    @asynccontextmanager
+    async def _connection(self, stage: str) -> AsyncIterator[aiomysql.Connection]:
+        if self._pool is None:
+            raise DatabaseUnavailable("database pool is not open")
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._acquire_timeout_s):
+                await self._gate.acquire()
+        except TimeoutError:
+            raise PoolExhausted("all MySQL connections are busy") from None
+        self._in_use.inc()
+        conn: aiomysql.Connection | None = None
+        try:
+            try:
+                conn = await self._pool.acquire()
+            except (pymysql.err.OperationalError, OSError) as exc:
+                raise DatabaseUnavailable(f"cannot reach MySQL: {exc}") from None
+            try:
+                yield conn
+            except pymysql.err.IntegrityError:
+                raise
+            except (pymysql.err.OperationalError, pymysql.err.InterfaceError, OSError) as exc:
+                conn.close()  # in doubt: never hand it back
+                raise DatabaseUnavailable(f"MySQL failed: {exc}") from None
+            except BaseException:
+                conn.close()
+                raise
+        finally:
+            if conn is not None:
+                self._pool.release(conn)
+            self._gate.release()
+            self._in_use.dec()
+            metrics.DB_QUERY_SECONDS.labels(stage).observe(time.perf_counter() - started)
+
+    # -- users ------------------------------------------------------------------------
+
+    async def create_user(
+        self, username: str, nickname: str, password_hash: str, idempotency_key: str
+    ) -> messages.User:
+        now = time.time()
+        key = scoped_key(f"signup:{username}", idempotency_key) if idempotency_key else ""
+        async with self._connection("create_user") as conn:
+            cur = await conn.cursor()
+            try:
+                await conn.begin()
+                await cur.execute(
+                    "INSERT INTO users (username, nickname, password_hash, created_at, updated_at)"
+                    " VALUES (%s, %s, %s, %s, %s)",
+                    (username, nickname, password_hash, now, now),
+                )
+                user_id = cur.lastrowid
+                if key:
+                    await cur.execute(
+                        "INSERT INTO applied_writes (idempotency_key, user_id, applied_at)"
+                        " VALUES (%s, %s, %s)",
+                        (key, user_id, now),
+                    )
+                await conn.commit()
+            except pymysql.err.IntegrityError as exc:
+                await conn.rollback()
+                if exc.args[0] != _DUPLICATE_KEY:
+                    raise
+                if key:
+                    await cur.execute(
+                        "SELECT " + _USER_COLUMNS + " FROM applied_writes a"
+                        " JOIN users u ON u.id = a.user_id WHERE a.idempotency_key = %s",
+                        (key,),
+                    )
+                    row = await cur.fetchone()
+                    if row is not None:
+                        return _user(row)  # the same sign-up, retried
+                raise UsernameTaken("this username is taken", field="username") from None
+            return messages.User(
+                user_id=int(user_id),
+                username=username,
+                nickname=nickname,
+                avatar_key=None,
+                created_at=now,
+                version=1,
+            )
+
+    async def user_for_login(self, username: str) -> tuple[messages.User, str] | None:
+        async with self._connection("get_user") as conn:
+            cur = await conn.cursor()
+            await cur.execute(
+                "SELECT " + _USER_COLUMNS + ", u.password_hash FROM users u WHERE u.username = %s",
+                (username,),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return _user(row), row[6]
+
+    async def replace_password_hash(self, user_id: int, password_hash: str) -> None:
+        async with self._connection("rehash") as conn:
+            cur = await conn.cursor()
+            await cur.execute(
+                "UPDATE users SET password_hash = %s WHERE id = %s", (password_hash, user_id)
+            )
+
+    async def update_user(
+        self,
+        user_id: int,
+        idempotency_key: str,
+        nickname: str | None,
+        avatar_key: str | None,
+    ) -> messages.User:
+        now = time.time()
+        key = scoped_key(f"user:{user_id}", idempotency_key)
+        async with self._connection("update_user") as conn:
+            cur = await conn.cursor()
+            await conn.begin()
+            try:
+                await cur.execute(
+                    "INSERT INTO applied_writes (idempotency_key, user_id, applied_at)"
+                    " VALUES (%s, %s, %s)",
+                    (key, user_id, now),
+                )
+            except pymysql.err.IntegrityError as exc:
+                await conn.rollback()
+                if exc.args[0] != _DUPLICATE_KEY:
+                    raise
+            else:
+                await cur.execute(
+                    "UPDATE users SET nickname = COALESCE(%s, nickname),"
+                    " avatar_key = COALESCE(%s, avatar_key),"
+                    " version = version + 1, updated_at = %s WHERE id = %s",
+                    (nickname, avatar_key, now, user_id),
+                )
+                if cur.rowcount == 0:
+                    await conn.rollback()
+                    raise Unauthenticated("the session's user no longer exists")
+                await conn.commit()
+            await cur.execute(
+                "SELECT " + _USER_COLUMNS + " FROM users u WHERE u.id = %s", (user_id,)
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise Unauthenticated("the session's user no longer exists")
+        return _user(row)
+
+    # -- sessions -----------------------------------------------------------------------
+
+    async def create_session(
+        self, token_hash: str, user_id: int, policy: SessionPolicy
+    ) -> float:
+        now = time.time()
+        expires_at = now + policy.absolute_timeout_s
+        async with self._connection("session_write") as conn:
+            cur = await conn.cursor()
+            await cur.execute(
+                "INSERT INTO sessions (token_hash, user_id, created_at, last_seen, expires_at)"
+                " VALUES (UNHEX(%s), %s, %s, %s, %s)",
+                (token_hash, user_id, now, now, expires_at),
+            )
+        return expires_at
+
+    async def resolve_session(self, token_hash: str, policy: SessionPolicy) -> messages.SessionInfo:
+        now = time.time()
+        async with self._connection("get_user") as conn:
+            cur = await conn.cursor()
+            await cur.execute(
+                "SELECT " + _USER_COLUMNS + ", s.expires_at, s.last_seen FROM sessions s"
+                " JOIN users u ON u.id = s.user_id WHERE s.token_hash = UNHEX(%s)",
+                (token_hash,),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise Unauthenticated("not logged in or the session has ended")
+        expires_at, last_seen = float(row[6]), float(row[7])
+        if now >= expires_at or now >= last_seen + policy.idle_timeout_s:
+            await self.end_session(token_hash)
+            raise Unauthenticated("the session has expired")
+        if now - last_seen >= policy.touch_interval_s:
+            await self.touch_session(token_hash)
+            last_seen = now
+        return messages.SessionInfo(
+            user=_user(row),
+            expires_at=expires_at,
+            last_seen=last_seen,
+            idle_timeout_s=policy.idle_timeout_s,
+        )
+
+    async def touch_session(self, token_hash: str) -> None:
+        now = time.time()
+        async with self._connection("session_write") as conn:
+            cur = await conn.cursor()
+            await cur.execute(
+                "UPDATE sessions SET last_seen = %s"
+                " WHERE token_hash = UNHEX(%s) AND expires_at > %s",
+                (now, token_hash, now),
+            )
+
+    async def end_session(self, token_hash: str) -> None:
+        async with self._connection("session_delete") as conn:
+            cur = await conn.cursor()
+            await cur.execute(
+                "DELETE FROM sessions WHERE token_hash = UNHEX(%s)", (token_hash,)
+            )
+
+    async def purge(self, policy: SessionPolicy, keep_writes_s: float = 86400) -> int:
+        """Delete expired sessions and old idempotency records, a bounded batch at a time."""
+        now = time.time()
+        async with self._connection("purge") as conn:
+            cur = await conn.cursor()
+            await cur.execute(
+                "DELETE FROM sessions WHERE expires_at < %s OR last_seen < %s LIMIT 1000",
+                (now, now - policy.idle_timeout_s),
+            )
+            removed = int(cur.rowcount)
+            await cur.execute(
+                "DELETE FROM applied_writes WHERE applied_at < %s LIMIT 1000",
+                (now - keep_writes_s,),
+            )
+            return removed + int(cur.rowcount)

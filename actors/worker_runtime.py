@@ -1,0 +1,85 @@
+"""What every worker process does around its handler: serve, register, drain, stop.
+
+A worker listens on an ephemeral port by default (supervisord starts N of a kind with
+no port bookkeeping) and tells the pool manager the address clients should use. On
+SIGTERM it drains: it reports itself not ready so no new leases point at it, answers
+new requests with "busy" so callers retry elsewhere, lets in-flight work finish, and
+only then closes its registration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+
+import structlog
+
+from actors import metrics, rpc
+from actors.config import CommonConfig, WorkerLimits
+from actors.registration import Registration
+
+log = structlog.get_logger("worker")
+
+
+class WorkerRuntime:
+    def __init__(
+        self,
+        kind: str,
+        common: CommonConfig,
+        limits: WorkerLimits,
+        handler: rpc.Handler,
+        *,
+        ready: Callable[[], bool] = lambda: True,
+        mysql_wanted: int = 0,
+    ) -> None:
+        self.kind = kind
+        self.common = common
+        self.limits = limits
+        self._ready = ready
+        self._mysql_wanted = mysql_wanted
+        self.stopping = asyncio.Event()
+        self.server = rpc.Server(
+            handler,
+            max_connections=limits.max_connections,
+            max_in_flight=limits.max_in_flight,
+            max_frame=common.max_frame,
+            on_error=self._count_error,
+        )
+        self.registration: Registration | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _count_error(self, request: rpc.Request, exc: BaseException) -> None:
+        code = getattr(exc, "code", "internal")
+        metrics.ERRORS.labels(self.kind, code).inc()
+
+    async def start(self) -> Registration:
+        port = int(os.environ.get("USERHUB_WORKER_PORT", "0") or 0)
+        host, port = await self.server.start(self.common.bind_host, port)
+        registration = Registration(
+            self.common,
+            kind=self.kind,
+            port=port,
+            capacity=self.limits.max_in_flight,
+            ready=lambda: self._ready() and not self.stopping.is_set(),
+            in_flight=lambda: self.server.stats.in_flight,
+            mysql_wanted=self._mysql_wanted,
+        )
+        self.registration = registration
+        self._tasks.append(asyncio.get_running_loop().create_task(registration.run()))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        log.info("listening", addr=f"{host}:{port}", advertised=self.common.advertise_host)
+        return registration
+
+    async def wait_and_drain(self) -> None:
+        await self.stopping.wait()
+        log.info("draining", in_flight=self.server.stats.in_flight)
+        await self.server.drain(self.limits.drain_timeout_s)
+        for task in self._tasks:
+            task.cancel()
+        if self.registration is not None:
+            self.registration.close()
+        log.info("stopped")

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# make run: set up, start the whole supervision tree, wait until ready, say where it is.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+# shellcheck source=scripts/env.sh
+. scripts/env.sh
+
+mkdir -p "$USERHUB_VAR"/{log,run,redis,avatars} "$PROMETHEUS_MULTIPROC_DIR"
+ctl=(.venv/bin/supervisorctl -c supervisord.conf -s "unix://$USERHUB_VAR/run/supervisor.sock")
+
+if "${ctl[@]}" pid >/dev/null 2>&1; then
+  echo "==> userhub is already running; starting anything that is stopped"
+  "${ctl[@]}" start all >/dev/null || true
+else
+  if [ "$USERHUB_START_MYSQL" = true ]; then
+    .venv/bin/python -m actors.dbsetup init
+  fi
+  # Metrics of a previous run's processes would be summed into this one's.
+  rm -f "$PROMETHEUS_MULTIPROC_DIR"/*.db
+  echo "==> starting supervisord"
+  .venv/bin/supervisord -c supervisord.conf
+fi
+
+if [ "$USERHUB_START_MYSQL" = true ]; then
+  .venv/bin/python -m actors.dbsetup bootstrap
+else
+  .venv/bin/python -m actors.dbsetup schema
+fi
+
+base="http://$USERHUB_HTTP_ADDR"
+echo -n "==> waiting for $base/readyz "
+for _ in $(seq 1 120); do
+  if curl -fsS "$base/readyz" >/dev/null 2>&1; then ready=1; break; fi
+  echo -n "."; sleep 0.5
+done
+echo
+if [ "${ready:-0}" != 1 ]; then
+  echo "userhub did not become ready; see var/log/ and: ${ctl[*]} status" >&2
+  "${ctl[@]}" status || true
+  exit 1
+fi
+
+# A demo account to try things with (409 on later runs: it is already there).
+curl -sS -o /dev/null -X POST "$base/api/v1/users" -H 'Content-Type: application/json' \
+  -d '{"username":"demo","password":"demo-password-1","nickname":"Demo User"}' || true
+
+"${ctl[@]}" status
+cat <<TXT
+
+userhub is up:     $base/
+JSON API:          $base/api/v1/...   (see README.md)
+metrics:           $base/metrics
+demo account:      username demo, password demo-password-1
+processes:         .venv/bin/supervisorctl status
+logs:              var/log/
+stop it with:      make stop
+TXT
