@@ -87,6 +87,8 @@ def encode(
     if not 0 <= call_id <= _MAX_U64:
         raise ProtocolError("call_id out of range")
     flags = (FLAG_RESPONSE if response else 0) | (FLAG_ERROR if code == _ERROR_CODE else 0)
+    if deadline != deadline or deadline in (float("inf"), float("-inf")):
+        raise ProtocolError("deadline must be a finite number")
     deadline_ms = min(max(int(deadline * 1000), 0), _MAX_U64)
     try:
         trace = bytes.fromhex(trace_id) if trace_id else b"\0" * 16
@@ -180,7 +182,7 @@ class FrameDecoder:
             raise ProtocolError("error flag does not match message type")
         try:
             message = _decoders[code].decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
             raise ProtocolError(f"undecodable body: {exc}") from None
         return Frame(
             call_id=call_id,

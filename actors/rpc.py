@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
@@ -32,7 +33,7 @@ from actors.messages import Message
 log = structlog.get_logger("rpc")
 
 # Replies to calls that timed out are expected and discarded, not treated as a
-# protocol error. The set is bounded: a peer that falls this far behind is closed.
+# protocol error; this many of the most recent abandoned ids are remembered.
 _MAX_ABANDONED = 10_000
 
 
@@ -45,7 +46,10 @@ class Connection(asyncio.Protocol):
         self._max_frame = max_frame
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, asyncio.Future[Message]] = {}
-        self._abandoned: set[int] = set()
+        # Ids of calls we stopped waiting for, oldest first; a late reply to one is
+        # dropped. Servers never answer work past its deadline, so most ids are never
+        # claimed: the oldest are forgotten beyond a bound.
+        self._abandoned: OrderedDict[int, bool] = OrderedDict()
         self._ids = itertools.count(1)
         self._closed = asyncio.get_running_loop().create_future()
         self.close_reason = ""
@@ -121,16 +125,15 @@ class Connection(asyncio.Protocol):
             self.abort(f"protocol error: {exc}")
             return
         for frame in frames:
+            if not frame.is_response:
+                self.abort("request frame on a client connection")
+                return
             fut = self._pending.pop(frame.call_id, None)
             if fut is None:
-                if frame.call_id in self._abandoned:
-                    self._abandoned.discard(frame.call_id)
+                if self._abandoned.pop(frame.call_id, False):
                     continue
                 log.warning("unexpected_reply", peer=self.peer, call_id=frame.call_id)
                 self.abort("reply to an unknown call id")
-                return
-            if not frame.is_response:
-                self.abort("request frame on a client connection")
                 return
             if not fut.done():
                 fut.set_result(frame.message)
@@ -164,18 +167,20 @@ class Connection(asyncio.Protocol):
             async with asyncio.timeout(remaining):
                 reply = await fut
         except TimeoutError:
-            if self._pending.pop(call_id, None) is not None:
-                self._abandoned.add(call_id)
-                if len(self._abandoned) > _MAX_ABANDONED:
-                    self.abort("too many abandoned calls")
+            self._abandon(call_id)
             raise DeadlineExceeded(f"{self.peer} did not answer in time") from None
         except asyncio.CancelledError:
-            if self._pending.pop(call_id, None) is not None:
-                self._abandoned.add(call_id)
+            self._abandon(call_id)
             raise
         if isinstance(reply, messages.Error):
             protocol.raise_error(reply)
         return reply
+
+    def _abandon(self, call_id: int) -> None:
+        if self._pending.pop(call_id, None) is not None:
+            self._abandoned[call_id] = True
+            while len(self._abandoned) > _MAX_ABANDONED:
+                self._abandoned.popitem(last=False)
 
 
 # -- server -------------------------------------------------------------------------------
@@ -390,3 +395,5 @@ class Server:
             await asyncio.wait(set(self._tasks), timeout=timeout)
         for task in list(self._tasks):
             task.cancel()
+        for conn in list(self._connections.values()):
+            conn.abort()
