@@ -12,7 +12,7 @@ import time
 
 import structlog
 
-from actors import logs_setup, messages, metrics, rpc, tokens, validation
+from actors import images, logs_setup, messages, metrics, rpc, tokens, validation
 from actors.config import DbWorkerConfig
 from actors.errors import CallerError, DatabaseUnavailable, InvalidCredentials, InvalidInput
 from actors.messages import Message
@@ -68,9 +68,13 @@ class DbWorker:
         if isinstance(msg, messages.UpdateUser):
             if not msg.idempotency_key:
                 raise InvalidInput("a write needs an idempotency key")
-            nickname = None if msg.nickname is None else validation.normalize_nickname(msg.nickname)
+            if msg.avatar_key is not None and not images.KEY_RE.fullmatch(msg.avatar_key):
+                raise InvalidInput("malformed picture key", field="avatar")
+            new_nickname = (
+                None if msg.nickname is None else validation.normalize_nickname(msg.nickname)
+            )
             return await self._store().update_user(
-                msg.user_id, msg.idempotency_key, nickname, msg.avatar_key
+                msg.user_id, msg.idempotency_key, new_nickname, msg.avatar_key
             )
         if isinstance(msg, messages.TouchSession):
             _check_hash(msg.token_hash)
