@@ -194,6 +194,7 @@ class GatewayConfig:
     login_failures_per_address: int
     login_failures_per_account: int
     login_window_s: float
+    csrf_secret: str = ""  # empty: the shared key file <USERHUB_VAR>/csrf.key (actors/csrf.py)
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
@@ -210,4 +211,5 @@ class GatewayConfig:
             login_failures_per_address=_env_int("USERHUB_LOGIN_MAX_FAILURES_ADDRESS", 100),
             login_failures_per_account=_env_int("USERHUB_LOGIN_MAX_FAILURES_ACCOUNT", 50),
             login_window_s=_env_float("USERHUB_LOGIN_WINDOW_S", 60.0),
+            csrf_secret=_env("USERHUB_CSRF_SECRET", ""),
         )

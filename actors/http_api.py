@@ -164,14 +164,19 @@ async def read_avatar_field(request: web.Request) -> bytes:
         if part is None:
             raise InvalidInput("the multipart field 'avatar' is missing", field="avatar")
         if isinstance(part, BodyPartReader) and part.name == "avatar":
-            data = bytearray()
-            while chunk := await part.read_chunk(64 * 1024):
-                data += chunk
-                if len(data) > images.MAX_UPLOAD_BYTES:
-                    raise PayloadTooLarge(
-                        f"pictures are limited to {images.MAX_UPLOAD_BYTES} bytes", field="avatar"
-                    )
-            return bytes(data)
+            return await read_avatar_part(part)
+
+
+async def read_avatar_part(part: BodyPartReader) -> bytes:
+    """The bytes of one multipart part, refused as soon as they pass the upload limit."""
+    data = bytearray()
+    while chunk := await part.read_chunk(64 * 1024):
+        data += chunk
+        if len(data) > images.MAX_UPLOAD_BYTES:
+            raise PayloadTooLarge(
+                f"pictures are limited to {images.MAX_UPLOAD_BYTES} bytes", field="avatar"
+            )
+    return bytes(data)
 
 
 # -- routes -------------------------------------------------------------------------------

@@ -1,0 +1,336 @@
+"""The HTML pages: sign up, log in, profile, nickname, picture, log out.
+
+Every page is rendered on the server and every action is a plain HTML form, so the
+site works with JavaScript off. The handlers only translate between forms and the
+flows of :class:`actors.http_api.Services`, which the JSON API uses too; nothing
+about accounts, sessions, throttling or pictures is decided here.
+
+The rules each handler follows:
+
+* a POST is checked for its CSRF token before anything else is read or done;
+* a caller error is shown next to the field it names (``UserhubError.field``) by
+  re-rendering the form with the error's 4xx status; a 429 keeps its Retry-After;
+* a success answers 303 to a GET page (post/redirect/get), so a reload never
+  re-sends a form;
+* a missing, ended or expired session sends the browser to the log-in page, with a
+  notice that says why, and clears the dead cookie.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Final
+
+from aiohttp import BodyPartReader, web
+
+from actors import csrf, http_api, messages, tokens, validation
+from actors.config import GatewayConfig
+from actors.errors import (
+    CallerError,
+    InvalidCredentials,
+    InvalidInput,
+    PayloadTooLarge,
+    Throttled,
+    Unauthenticated,
+    UnsupportedMediaType,
+    UserhubError,
+)
+from actors.http_common import session_cookie_name
+from actors.web_render import Renderer, redirect
+
+RENDERER = web.AppKey("page_renderer", Renderer)
+MAX_FORM_BYTES: Final = 16 * 1024
+_FORM_TYPES: Final = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def page(handler: _Handler) -> _Handler:
+    """Errors nobody handled on the way become an HTML page, never a JSON body."""
+
+    @wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except UserhubError as exc:
+            return request.app[RENDERER].error_page(request, exc)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            error = CallerError(exc.reason)
+            error.http_status = exc.status  # type: ignore[misc]
+            return request.app[RENDERER].error_page(request, error)
+
+    return wrapper
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+async def read_form(request: web.Request) -> dict[str, str]:
+    """A small url-encoded form, CSRF-checked; file fields are not expected here."""
+    if request.content_type not in _FORM_TYPES:
+        raise UnsupportedMediaType("send this form from the page")
+    if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
+        raise PayloadTooLarge(f"forms are limited to {MAX_FORM_BYTES} bytes")
+    data = await request.post()
+    form = {key: value for key, value in data.items() if isinstance(value, str)}
+    request.app[RENDERER].csrf.verify(request, form.get(csrf.FIELD))
+    return form
+
+
+def session_hash(request: web.Request) -> str | None:
+    """The stored hash of the browser's session cookie; pages never look at headers."""
+    services = request.app[http_api.SERVICES]
+    token = request.cookies.get(session_cookie_name(services.config.secure_cookies), "")
+    return tokens.hash_token(token) if token else None
+
+
+def to_login(request: web.Request, reason: str) -> web.Response:
+    """Back to the log-in page with a notice, dropping a session cookie that no longer works."""
+    response = redirect(f"/login?m={reason}")
+    services = request.app[http_api.SERVICES]
+    if session_cookie_name(services.config.secure_cookies) in request.cookies:
+        services.clear_session_cookie(response)
+    return response
+
+
+def no_session(request: web.Request) -> web.Response:
+    """No usable session: "expired" if the browser still sent a cookie, else "log in"."""
+    services = request.app[http_api.SERVICES]
+    had_cookie = session_cookie_name(services.config.secure_cookies) in request.cookies
+    return to_login(request, "expired" if had_cookie else "login_required")
+
+
+def field_errors(exc: UserhubError, default_field: str = "form") -> dict[str, str]:
+    return {exc.field or default_field: exc.message[:1].upper() + exc.message[1:]}
+
+
+def rotate_browser_id(request: web.Request, response: web.StreamResponse) -> None:
+    """A new CSRF browser id whenever the session changes hands (log in, log out)."""
+    forms = request.app[RENDERER].csrf
+    forms.set_cookie(response, forms.new_browser_id())
+
+
+# -- log in and sign up -------------------------------------------------------------------
+
+
+@page
+async def login_page(request: web.Request) -> web.StreamResponse:
+    username = request.query.get("username", "")[: validation.USERNAME_MAX]
+    return request.app[RENDERER].render(request, "login.html", values={"username": username})
+
+
+@page
+async def login_submit(request: web.Request) -> web.StreamResponse:
+    services = request.app[http_api.SERVICES]
+    form = await read_form(request)
+    username, password = form.get("username", ""), form.get("password", "")
+    errors: dict[str, str] = {}
+    if not username.strip():
+        errors["username"] = "Enter your username."
+    if not password:
+        errors["password"] = "Enter your password."
+    headers: dict[str, str] = {}
+    status = 422
+    if not errors:
+        try:
+            result = await services.log_in(request, username, password)
+        except (InvalidCredentials, InvalidInput):
+            # One answer for an unknown user and a wrong password, whatever the cause.
+            errors["form"] = "Wrong username or password."
+            status = 401
+        except Throttled as exc:
+            errors["form"] = f"Too many failed attempts. Try again in {exc.retry_after_s} seconds."
+            status, headers = 429, {"Retry-After": str(exc.retry_after_s)}
+        else:
+            old = session_hash(request)
+            if old is not None:  # the browser's previous session ends here
+                try:
+                    await services.log_out(request, old)
+                except UserhubError:
+                    pass  # it may have expired already; the new session stands either way
+            response = redirect("/profile")
+            services.set_session_cookie(response, result)
+            rotate_browser_id(request, response)
+            return response
+    return request.app[RENDERER].render(
+        request,
+        "login.html",
+        status=status,
+        errors=errors,
+        headers=headers,
+        values={"username": username},
+    )
+
+
+@page
+async def signup_page(request: web.Request) -> web.StreamResponse:
+    return request.app[RENDERER].render(request, "signup.html", values={})
+
+
+@page
+async def signup_submit(request: web.Request) -> web.StreamResponse:
+    services = request.app[http_api.SERVICES]
+    form = await read_form(request)
+    values = {"username": form.get("username", ""), "nickname": form.get("nickname", "")}
+    try:
+        user = await services.sign_up(
+            request, values["username"], form.get("password", ""), values["nickname"]
+        )
+    except CallerError as exc:
+        return request.app[RENDERER].render(
+            request,
+            "signup.html",
+            status=exc.http_status,
+            errors=field_errors(exc),
+            values=values,
+        )
+    return redirect(f"/login?m=signed_up&username={user.username}")
+
+
+# -- the profile and its changes -----------------------------------------------------------
+
+
+def profile_response(
+    request: web.Request,
+    user: messages.User,
+    *,
+    status: int = 200,
+    errors: dict[str, str] | None = None,
+    nickname_value: str | None = None,
+) -> web.Response:
+    return request.app[RENDERER].render(
+        request,
+        "profile.html",
+        status=status,
+        errors=errors,
+        user=user,
+        avatar_url=f"/avatars/{user.avatar_key}" if user.avatar_key else None,
+        nickname_value=user.nickname if nickname_value is None else nickname_value,
+    )
+
+
+@page
+async def profile_page(request: web.Request) -> web.StreamResponse:
+    token_hash = session_hash(request)
+    if token_hash is None:
+        return no_session(request)
+    try:
+        user = await request.app[http_api.SERVICES].profile(request, token_hash)
+    except Unauthenticated:
+        return to_login(request, "expired")
+    return profile_response(request, user)
+
+
+@page
+async def nickname_submit(request: web.Request) -> web.StreamResponse:
+    services = request.app[http_api.SERVICES]
+    form = await read_form(request)
+    token_hash = session_hash(request)
+    if token_hash is None:
+        return no_session(request)
+    raw = form.get("nickname", "")
+    try:
+        nickname = validation.normalize_nickname(raw)
+        await services.change(request, token_hash, nickname=nickname)
+    except Unauthenticated:
+        return to_login(request, "expired")
+    except CallerError as exc:
+        try:
+            user = await services.profile(request, token_hash)
+        except Unauthenticated:
+            return to_login(request, "expired")
+        return profile_response(
+            request,
+            user,
+            status=exc.http_status,
+            errors=field_errors(exc, "nickname"),
+            nickname_value=raw,
+        )
+    return redirect("/profile?m=nickname_saved")
+
+
+async def read_avatar_form(request: web.Request) -> bytes:
+    """The picture of the upload form, read only after its CSRF token (sent first) checks out."""
+    if not request.content_type.startswith("multipart/"):
+        raise UnsupportedMediaType("send the picture with the upload form")
+    forms = request.app[RENDERER].csrf
+    reader = await request.multipart()
+    token: str | None = None
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            continue
+        if part.name == csrf.FIELD:
+            raw = await part.read_chunk(256)
+            token = raw.decode("ascii", "replace")
+        elif part.name == "avatar":
+            forms.verify(request, token)  # the browser sends fields in page order
+            data = await http_api.read_avatar_part(part)
+            if not data:
+                raise InvalidInput("Choose a picture to upload.", field="avatar")
+            return data
+    forms.verify(request, token)
+    raise InvalidInput("Choose a picture to upload.", field="avatar")
+
+
+@page
+async def avatar_submit(request: web.Request) -> web.StreamResponse:
+    services = request.app[http_api.SERVICES]
+    token_hash = session_hash(request)
+    try:
+        data = await read_avatar_form(request)
+        if token_hash is None:
+            return no_session(request)
+        await services.profile(request, token_hash)  # no orphan files for dead sessions
+        key = await services.store_avatar(data)
+        await services.change(request, token_hash, avatar_key=key)
+    except Unauthenticated:
+        return to_login(request, "expired")
+    except csrf.CsrfFailed:
+        raise
+    except CallerError as exc:
+        if token_hash is None:
+            return no_session(request)
+        try:
+            user = await services.profile(request, token_hash)
+        except Unauthenticated:
+            return to_login(request, "expired")
+        return profile_response(
+            request, user, status=exc.http_status, errors=field_errors(exc, "avatar")
+        )
+    return redirect("/profile?m=avatar_saved")
+
+
+@page
+async def logout_submit(request: web.Request) -> web.StreamResponse:
+    services = request.app[http_api.SERVICES]
+    await read_form(request)
+    token_hash = session_hash(request)
+    if token_hash is not None:
+        try:
+            await services.log_out(request, token_hash)
+        except Unauthenticated:
+            pass  # already over; the cookie goes all the same
+    response = redirect("/login?m=logged_out")
+    services.clear_session_cookie(response)
+    rotate_browser_id(request, response)
+    return response
+
+
+def setup(app: web.Application, config: GatewayConfig) -> None:
+    """Register the pages and static files; the CSRF secret is loaded (or made) here."""
+    secret = csrf.load_secret(config.common.var_dir, config.csrf_secret)
+    renderer = Renderer(csrf.Csrf(secret, secure=config.secure_cookies))
+    app[RENDERER] = renderer
+    app.router.add_get("/", login_page)
+    app.router.add_get("/login", login_page)
+    app.router.add_post("/login", login_submit)
+    app.router.add_get("/signup", signup_page)
+    app.router.add_post("/signup", signup_submit)
+    app.router.add_get("/profile", profile_page)
+    app.router.add_post("/profile/nickname", nickname_submit)
+    app.router.add_post("/profile/avatar", avatar_submit)
+    app.router.add_post("/logout", logout_submit)
+    app.router.add_get("/static/{name}", renderer.serve_static)
