@@ -1,5 +1,5 @@
 # userhub: `make run` brings the whole tree up, `make test` proves it.
-.PHONY: run stop status test unit lint logs
+.PHONY: run stop status test unit lint chaos
 
 run:
 	@scripts/run.sh
@@ -20,3 +20,7 @@ unit:
 lint:
 	@.venv/bin/ruff check actors tests chaos
 	@.venv/bin/mypy
+
+# Kill actors under load against the tree `make run` started; report in chaos/results/.
+chaos:
+	@bash -c '. scripts/env.sh && .venv/bin/python -m chaos.run --duration $${CHAOS_DURATION:-90} --interval $${CHAOS_INTERVAL:-6}'

@@ -1,0 +1,278 @@
+"""Kill actors under load and report what, if anything, was lost.
+
+    python -m chaos.run [--duration 60] [--interval 5] [--users 20] [--json]
+
+Against a tree started with `make run` (same environment: scripts/env.sh), it signs
+up users, runs a mixed read/write load with unique nickname writes, and every
+``interval`` seconds kill -9s a random actor (db_worker, cache_worker, gateway,
+pool_manager; each kind at least once when the run is long enough). Afterwards it
+checks every acknowledged write (chaos.checker), counts MySQL and Redis connections
+against the count before the run, measures each killed actor's time until it
+serves again, and writes chaos/results/latest.json. Loopback only, bounded in time,
+and it leaves the tree as it found it: supervisord restarts every killed process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pymysql
+import redis
+
+from actors import messages, rpc
+from actors.config import MysqlDsn, parse_addr
+from chaos import checker, workload
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "chaos" / "results" / "latest.json"
+KINDS = ("db_worker", "cache_worker", "gateway", "pool_manager")
+WARM_UP_S = 3.0
+
+
+@dataclass
+class Target:
+    """Where the tree is and how to reach its supervisor."""
+
+    base_url: str
+    ctl: Callable[..., str]
+    manager_addr: tuple[str, int]
+    mysql_dsn: str
+    redis_url: str
+
+    @classmethod
+    def from_env(cls) -> Target:
+        env = os.environ
+        sock = f"unix://{env.get('USERHUB_VAR', str(ROOT / 'var'))}/run/supervisor.sock"
+
+        def ctl(*args: str) -> str:
+            done = subprocess.run(
+                [str(ROOT / ".venv/bin/supervisorctl"), "-c", str(ROOT / "supervisord.conf"),
+                 "-s", sock, *args],
+                capture_output=True, timeout=60,
+            )  # fmt: skip
+            return done.stdout.decode()
+
+        return cls(
+            base_url=f"http://{env.get('USERHUB_HTTP_ADDR', '127.0.0.1:8080')}",
+            ctl=ctl,
+            manager_addr=parse_addr(env.get("USERHUB_MANAGER_ADDR", "127.0.0.1:7400")),
+            mysql_dsn=env["USERHUB_MYSQL_DSN"],
+            redis_url=env["USERHUB_REDIS_URL"],
+        )
+
+    def processes(self) -> dict[str, tuple[str, int]]:
+        out: dict[str, tuple[str, int]] = {}
+        for line in self.ctl("status").splitlines():
+            parts = line.split()
+            if len(parts) > 3 and parts[2] == "pid":
+                out[parts[0]] = (parts[1], int(parts[3].rstrip(",")))
+            elif len(parts) >= 2:
+                out[parts[0]] = (parts[1], 0)
+        return out
+
+
+def mysql_connections(dsn: str) -> int:
+    d = MysqlDsn.parse(dsn)
+    conn = pymysql.connect(
+        host=d.host, port=d.port, user=d.user, password=d.password, connect_timeout=3
+    )
+    with conn, conn.cursor() as cur:
+        cur.execute("SHOW STATUS LIKE 'Threads_connected'")
+        row = cur.fetchone()
+    return int(row[1]) - 1 if row else -1  # not counting this probe
+
+
+def redis_connections(url: str) -> int:
+    client = redis.Redis.from_url(url, socket_timeout=3)
+    try:
+        return int(client.info("clients")["connected_clients"]) - 1
+    finally:
+        client.close()
+
+
+async def serving_again(target: Target, program: str, old_pid: int, killed_at: float) -> float:
+    """Seconds from the kill until the replacement runs and (workers) is leasable."""
+    kind = program.split(":")[0]
+    deadline = killed_at + 60
+    while time.monotonic() < deadline:
+        state, pid = (await asyncio.to_thread(target.processes)).get(program, ("?", 0))
+        if state == "RUNNING" and pid not in (0, old_pid):
+            if kind in ("db_worker", "cache_worker"):
+                if await _registered_ready(target, pid):
+                    return time.monotonic() - killed_at
+            elif kind == "gateway" or await _manager_answers(target):
+                return time.monotonic() - killed_at
+        await asyncio.sleep(0.05)
+    return float("inf")
+
+
+async def _registered_ready(target: Target, pid: int) -> bool:
+    try:
+        conn = await rpc.Connection.open(*target.manager_addr, timeout=1)
+        try:
+            reply = await conn.call(messages.ListWorkers(), deadline=time.time() + 1, trace_id="")
+        finally:
+            conn.close()
+    except Exception:
+        return False
+    assert isinstance(reply, messages.WorkerList)
+    return any(w.pid == pid and w.ready for w in reply.workers)
+
+
+async def allowances(target: Target) -> tuple[int, int]:
+    """Connections the live tree may hold: the MySQL budget granted to live db_workers,
+    and each live cache_worker's Redis pool bound."""
+    conn = await rpc.Connection.open(*target.manager_addr, timeout=2)
+    try:
+        reply = await conn.call(messages.ListWorkers(), deadline=time.time() + 2, trace_id="")
+    finally:
+        conn.close()
+    assert isinstance(reply, messages.WorkerList)
+    redis_pool = int(os.environ.get("USERHUB_REDIS_POOL_SIZE", "64"))
+    caches = sum(1 for w in reply.workers if w.kind == "cache_worker")
+    return reply.mysql_granted, caches * redis_pool
+
+
+async def _manager_answers(target: Target) -> bool:
+    try:
+        conn = await rpc.Connection.open(*target.manager_addr, timeout=1)
+        conn.close()
+        return True
+    except Exception:
+        return False
+
+
+async def run(
+    target: Target, duration: float, interval: float, users: int, seed: int | None = None
+) -> dict[str, object]:
+    rng = random.Random(seed)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        accounts = await workload.prepare_accounts(target.base_url, users, http)
+        stats = workload.Stats()
+        stop = asyncio.Event()
+        clients = [
+            asyncio.create_task(workload.client_loop(target.base_url, http, a, stats, stop, 10.0))
+            for a in accounts
+        ]
+        kills: list[dict[str, object]] = []
+        recoveries: list[asyncio.Task[float]] = []
+        # Connections are counted under the same load before and after the faults, once
+        # every pool has grown to its working size; what remains above is a leak.
+        await asyncio.sleep(WARM_UP_S)
+        before_mysql = await asyncio.to_thread(mysql_connections, target.mysql_dsn)
+        before_redis = await asyncio.to_thread(redis_connections, target.redis_url)
+        started = time.monotonic()
+        order = list(KINDS)
+        rng.shuffle(order)
+        while time.monotonic() - started + interval < duration:
+            await asyncio.sleep(interval)
+            kind = order[len(kills) % len(order)] if len(kills) < len(order) else rng.choice(KINDS)
+            running = {
+                name: pid
+                for name, (state, pid) in (await asyncio.to_thread(target.processes)).items()
+                if name.split(":")[0] == kind and state == "RUNNING"
+            }
+            if not running:
+                continue
+            program = rng.choice(sorted(running))
+            os.kill(running[program], signal.SIGKILL)
+            at = time.monotonic()
+            kills.append({"program": program, "pid": running[program], "at_s": at - started})
+            recoveries.append(
+                asyncio.create_task(serving_again(target, program, running[program], at))
+            )
+        await asyncio.sleep(max(0.0, duration - (time.monotonic() - started)))
+        recovery_times = await asyncio.gather(*recoveries)
+        await asyncio.sleep(WARM_UP_S)
+        after_mysql = await asyncio.to_thread(mysql_connections, target.mysql_dsn)
+        after_redis = await asyncio.to_thread(redis_connections, target.redis_url)
+        allowed_mysql, allowed_redis = await allowances(target)
+        stop.set()
+        await asyncio.gather(*clients)
+        for kill, seconds in zip(kills, recovery_times, strict=True):
+            kill["recovery_s"] = round(seconds, 3)
+        final = await workload.final_values(target.base_url, http, accounts)
+    verdict = checker.check(stats.history, final)
+    window_errors = [
+        sum(1 for t in stats.errors_at if 0 <= t - (started + float(k["at_s"])) < 3)  # type: ignore[arg-type]
+        for k in kills
+    ]
+    return {
+        "duration_s": duration,
+        "users": users,
+        "kills": len(kills),
+        "killed": kills,
+        "kinds_killed": sorted({str(k["program"]).split(":")[0] for k in kills}),
+        "requests": stats.requests,
+        "failed_idempotent": stats.failed_idempotent,
+        "acknowledged_writes": verdict.acknowledged,
+        "lost_writes": len(verdict.lost),
+        "lost_detail": verdict.lost[:20],
+        "indeterminate_writes": verdict.indeterminate,
+        "failed_writes": verdict.failed,
+        "errors_in_fault_windows": window_errors,
+        "max_recovery_s": max((float(k["recovery_s"]) for k in kills), default=0.0),  # type: ignore[arg-type]
+        "mysql_connections_before": before_mysql,
+        "mysql_connections_after": after_mysql,
+        # Connections beyond what live workers may hold: a dead worker's connections
+        # must be gone and no pool may grow past its grant.
+        "mysql_connections_allowed": allowed_mysql,
+        "leaked_mysql_connections": max(0, after_mysql - allowed_mysql),
+        "redis_connections_before": before_redis,
+        "redis_connections_after": after_redis,
+        "redis_connections_allowed": allowed_redis,
+        "leaked_redis_connections": max(0, after_redis - allowed_redis),
+        "failures_sample": stats.failures[:10],
+    }
+
+
+def print_table(report: dict[str, object]) -> None:
+    keys = [
+        "kills", "kinds_killed", "requests", "failed_idempotent", "acknowledged_writes",
+        "lost_writes", "indeterminate_writes", "failed_writes", "errors_in_fault_windows",
+        "max_recovery_s", "leaked_mysql_connections", "leaked_redis_connections",
+    ]  # fmt: skip
+    width = max(len(k) for k in keys)
+    for key in keys:
+        print(f"{key:<{width}}  {report[key]}")
+    for kill in report["killed"]:  # type: ignore[attr-defined]
+        print(
+            f"  killed {kill['program']:<32} at {kill['at_s']:6.1f}s  back in {kill['recovery_s']}s"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chaos.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load (max 600)")
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between kills")
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    duration = min(args.duration, 600.0)
+    report = asyncio.run(run(Target.from_env(), duration, args.interval, args.users, args.seed))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_table(report)
+        print(f"report written to {RESULTS.relative_to(ROOT)}")
+    return 0 if report["lost_writes"] == 0 and report["failed_idempotent"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
