@@ -4,7 +4,13 @@ Actors run with ``PROMETHEUS_MULTIPROC_DIR`` set (supervisord.conf does it): eac
 process writes its samples to memory-mapped files there, and any gateway's
 ``/metrics`` sums them. Counters and histograms of a dead process stay in the sum
 (its requests did happen); live gauges of dead pids are removed at every actor start
-so a restarted process is never counted twice.
+so a restarted process is never counted twice; a gateway also removes them at every
+scrape, since a killed worker may not have been restarted yet when the scrape comes.
+
+Naming follows Prometheus conventions: base units (seconds), ``_seconds`` histograms,
+``_total`` counters, and label values from small fixed sets (route templates, message
+type names, stage names, error codes), never ids. docs/observability.md maps each of
+the original system's stages to its metric.
 
 Stages follow the ones the original system measured: round trip from the client, get
 connection, send message, free connection, DB get user, DB session write, cache
@@ -26,10 +32,12 @@ from prometheus_client import (
     multiprocess,
 )
 
-# Fine enough to read a p99 anywhere between 0.5 ms and 1 s.
+# Fine enough to read a p99 anywhere between 0.5 ms and 1 s: no two neighbouring
+# bounds in that range are more than 1.67x apart.
 BUCKETS = (
     0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075,
-    0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+    0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+    1.0, 1.5, 2.5, 5.0,
 )  # fmt: skip
 
 REQUEST_SECONDS = Histogram(
@@ -80,7 +88,11 @@ PASSWORD_HASH_SECONDS = Histogram(
 ERRORS = Counter(
     "userhub_errors_total", "Errors answered, by actor kind and stable code.", ["actor", "code"]
 )
-STARTS = Counter("userhub_process_starts_total", "Actor process starts, by kind.", ["actor"])
+STARTS = Counter(
+    "userhub_process_starts_total",
+    "Actor process starts, by kind; every start after a kind's first is a restart.",
+    ["actor"],
+)
 POOL_SIZE = Gauge(
     "userhub_pool_connections",
     "Connections a pool holds, by pool.",
@@ -121,29 +133,56 @@ REGISTERED_WORKERS = Gauge(
 _PID_FILE = re.compile(r"_(\d+)\.db$")
 
 
-def clean_dead_pids(directory: str | None = None) -> None:
-    """Drop live-gauge files of processes that no longer exist."""
+def clean_dead_pids(directory: str | None = None) -> list[int]:
+    """Drop live-gauge files of processes that no longer exist; return their pids.
+
+    Counter and histogram files stay: what a dead process counted did happen, and a
+    restarted process writes a file of its own (its new pid), so nothing is counted
+    twice. Only host-local pids are checked, which is all the directory holds.
+    """
     directory = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not directory or not os.path.isdir(directory):
-        return
+        return []
+    dead: set[int] = set()
     for path in Path(directory).glob("gauge_live*_*.db"):
         match = _PID_FILE.search(path.name)
-        if match and not _pid_alive(int(match.group(1))):
-            multiprocess.mark_process_dead(int(match.group(1)), directory)  # type: ignore[no-untyped-call]
+        if match and not pid_alive(int(match.group(1))):
+            dead.add(int(match.group(1)))
+    for pid in dead:
+        try:
+            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        except FileNotFoundError:
+            pass  # another process cleaned it first
+    return sorted(dead)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (killed, not reaped yet) counts as dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True  # no /proc here: trust kill(0)
+    # The state follows the parenthesised command name, which may hold spaces.
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+    return state not in (b"Z", b"X")
 
 
 def started(actor: str) -> None:
-    """Record an actor start and tidy up after processes that died before it."""
+    """Record an actor start and tidy up after processes that died before it.
+
+    Call it first thing, before any gauge is touched: a live-gauge file left by an
+    earlier process that had this same pid would otherwise seed our gauges.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and os.path.isdir(directory):
+        multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
     clean_dead_pids()
     STARTS.labels(actor).inc()
 
@@ -151,6 +190,7 @@ def started(actor: str) -> None:
 def scrape() -> bytes:
     """The text exposition for this host: every process when multiprocess mode is on."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        clean_dead_pids()
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
