@@ -42,8 +42,8 @@ class CacheWorker:
         self._bypass = metrics.CACHE_LOOKUPS.labels("bypass")
 
     async def handle(self, request: rpc.Request) -> Message:
+        # WorkerRuntime logs the "handled" line (duration, error code) for every request.
         msg = request.message
-        started = time.perf_counter()
         if isinstance(msg, messages.GetProfile):
             _check_hash(msg.token_hash)
             reply: Message = await self._get_profile(msg.token_hash, request)
@@ -57,11 +57,6 @@ class CacheWorker:
             reply = messages.Pong(kind="cache_worker")
         else:
             raise CallerError(f"cache_worker does not handle {type(msg).__name__}")
-        log.info(
-            "handled",
-            message=type(msg).__name__,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
         return reply
 
     # -- reads ------------------------------------------------------------------------

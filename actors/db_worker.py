@@ -8,7 +8,6 @@ so no lease ever points at a worker that cannot reach the database.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import structlog
 
@@ -41,15 +40,8 @@ class DbWorker:
         return self.store
 
     async def handle(self, request: rpc.Request) -> Message:
-        msg = request.message
-        started = time.perf_counter()
-        reply = await self._dispatch(msg)
-        log.info(
-            "handled",
-            message=type(msg).__name__,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
-        return reply
+        # WorkerRuntime logs the "handled" line (duration, error code) for every request.
+        return await self._dispatch(request.message)
 
     async def _dispatch(self, msg: Message) -> Message:
         policy = self.config.sessions

@@ -66,10 +66,12 @@ async def observe(request: web.Request, handler: _Handler) -> web.StreamResponse
     request[REQUEST_ID] = request_id
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
+    error_code = ""
     try:
         response = await handler(request)
     except UserhubError as exc:
         response = error_response(exc)
+        error_code = exc.code
         metrics.ERRORS.labels("gateway", exc.code).inc()
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -80,12 +82,14 @@ async def observe(request: web.Request, handler: _Handler) -> web.StreamResponse
             status=exc.status,
             headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
         )
+        error_code = code
         metrics.ERRORS.labels("gateway", code).inc()
     except Exception:
         log.exception("unhandled_error", path=request.path)
         response = web.json_response(
             {"error": {"code": "internal", "message": "internal error"}}, status=500
         )
+        error_code = "internal"
         metrics.ERRORS.labels("gateway", "internal").inc()
     elapsed = time.perf_counter() - started
     route = request.match_info.route.resource
@@ -97,13 +101,15 @@ async def observe(request: web.Request, handler: _Handler) -> web.StreamResponse
     response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("Content-Security-Policy", API_CSP)
     response.headers.setdefault("Cache-Control", "no-store")
-    log.info(
-        "http",
-        method=request.method,
-        route=name,
-        status=response.status,
-        duration_ms=round(elapsed * 1000, 3),
-    )
+    fields: dict[str, Any] = {
+        "method": request.method,
+        "route": name,
+        "status": response.status,
+        "duration_ms": round(elapsed * 1000, 3),
+    }
+    if error_code:
+        fields["error_code"] = error_code
+    log.info("http", **fields)
     structlog.contextvars.unbind_contextvars("request_id")
     return response
 

@@ -1,9 +1,15 @@
 """structlog JSON lines for every actor, one object per line on stdout.
 
-supervisord writes each program's stdout to its log under var/log/, so the line is
-all an actor has to produce. Every line carries the actor kind and pid; handlers bind
-``request_id`` (the trace id from the frame header) so one request can be followed
-across gateway, cache_worker and db_worker.
+supervisord writes each program's stdout to its log under var/log/ (rotating it to
+name.log.1, .2, ...), so the line is all an actor has to produce. Every line carries
+``ts`` (ISO 8601, UTC), ``level``, ``actor`` (the kind), ``pid`` and ``event``;
+handlers bind ``request_id`` (the trace id from the frame header) so one request can
+be followed across gateway, cache_worker and db_worker, and per-request lines add
+``duration_ms`` and, when the request failed, ``error_code``. Records of the standard
+``logging`` module (aiohttp, aiomysql, asyncio) become the same JSON lines, so
+``python -m actors.logtool`` reads everything an actor writes.
+
+One request costs one line per actor, written with a single flushed write.
 """
 
 from __future__ import annotations
@@ -13,17 +19,21 @@ import os
 import sys
 
 import structlog
+from structlog.typing import Processor
+
+_SHARED: list[Processor] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.processors.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+]
 
 
 def configure(kind: str, level: str = "info") -> None:
     """Set up JSON logging for an actor process; call once at start."""
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    logging.basicConfig(stream=sys.stdout, level=numeric, format="%(message)s")
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            *_SHARED,
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],
@@ -33,3 +43,19 @@ def configure(kind: str, level: str = "info") -> None:
     )
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(actor=kind, pid=os.getpid())
+
+    # Library records through the same renderer; their logger name goes in "logger".
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*_SHARED, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)

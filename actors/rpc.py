@@ -277,7 +277,9 @@ class _ServerConnection(asyncio.Protocol):
                 self._transport.abort()
                 return
             if frame.deadline <= now:
-                continue  # the caller has given up already; drop the work
+                # The caller has given up already: drop the work, but say so.
+                self._note_failure(frame, DeadlineExceeded("deadline passed on arrival"))
+                continue
             if self._stats.draining:
                 self._reply_error(frame, Busy("worker is draining"))
                 continue
@@ -297,7 +299,10 @@ class _ServerConnection(asyncio.Protocol):
                 async with asyncio.timeout(frame.deadline - time.time()):
                     reply: Message = await self._handler(request)
             except TimeoutError:
-                return  # past the deadline nobody waits for an answer
+                # Past the deadline nobody waits for an answer; count it, send nothing.
+                if self._on_error:
+                    self._on_error(request, DeadlineExceeded("deadline passed while handling"))
+                return
             except UserhubError as exc:
                 if self._on_error:
                     self._on_error(request, exc)
@@ -312,7 +317,19 @@ class _ServerConnection(asyncio.Protocol):
             self._stats.in_flight -= 1
 
     def _reply_error(self, frame: protocol.Frame, exc: UserhubError) -> None:
+        self._note_failure(frame, exc)
         self._send(frame.call_id, frame.deadline, frame.trace_id, protocol.error_message(exc))
+
+    def _note_failure(self, frame: protocol.Frame, exc: UserhubError) -> None:
+        """A request refused before any handler ran: one log line and the error count."""
+        log.info(
+            "rejected",
+            request_id=frame.trace_id,
+            message=type(frame.message).__name__,
+            error_code=exc.code,
+        )
+        if self._on_error:
+            self._on_error(Request(frame.message, frame.deadline, frame.trace_id, self._peer), exc)
 
     def _send(self, call_id: int, deadline: float, trace_id: str, reply: Message) -> None:
         transport = self._transport

@@ -1,5 +1,8 @@
 """What every worker process does around its handler: serve, register, drain, stop.
 
+Every request a worker handles leaves one JSON log line, "handled", with its message
+type, duration and, when it failed, its stable error code.
+
 A worker listens on an ephemeral port by default (supervisord starts N of a kind with
 no port bookkeeping) and tells the pool manager the address clients should use. On
 SIGTERM it drains: it reports itself not ready so no new leases point at it, answers
@@ -12,12 +15,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
 from actors import metrics, rpc
 from actors.config import CommonConfig, WorkerLimits
+from actors.errors import UserhubError
+from actors.messages import Message
 from actors.registration import Registration
 
 log = structlog.get_logger("worker")
@@ -40,8 +47,9 @@ class WorkerRuntime:
         self._ready = ready
         self._mysql_wanted = mysql_wanted
         self.stopping = asyncio.Event()
+        self._handler = handler
         self.server = rpc.Server(
-            handler,
+            self._observed,
             max_connections=limits.max_connections,
             max_in_flight=limits.max_in_flight,
             max_frame=common.max_frame,
@@ -49,6 +57,34 @@ class WorkerRuntime:
         )
         self.registration: Registration | None = None
         self._tasks: list[asyncio.Task[None]] = []
+
+    async def _observed(self, request: rpc.Request) -> Message:
+        """The handler, plus the one log line per request: message, duration, error code.
+
+        ``request_id`` comes from the context rpc binds for the request.
+        """
+        started = time.perf_counter()
+        error_code = ""
+        try:
+            return await self._handler(request)
+        except UserhubError as exc:
+            error_code = exc.code
+            raise
+        except asyncio.CancelledError:
+            past = time.time() >= request.deadline
+            error_code = "deadline_exceeded" if past else "cancelled"
+            raise
+        except Exception:
+            error_code = "internal"
+            raise
+        finally:
+            fields: dict[str, Any] = {
+                "message": type(request.message).__name__,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            }
+            if error_code:
+                fields["error_code"] = error_code
+            log.info("handled", **fields)
 
     def _count_error(self, request: rpc.Request, exc: BaseException) -> None:
         code = getattr(exc, "code", "internal")
