@@ -87,24 +87,50 @@ def session_hash(request: web.Request) -> str | None:
     return tokens.hash_token(token) if token else None
 
 
+def hint_cookie_name(secure: bool) -> str:
+    return "__Host-userhub_signed_in" if secure else "userhub_signed_in"
+
+
+def set_signed_in_hint(request: web.Request, response: web.StreamResponse, on: bool) -> None:
+    """A secret-free marker that this browser had a session, so "expired" can be told apart.
+
+    The session cookie's Max-Age is the absolute expiry, so at that moment the browser
+    drops it by itself; this browser-session cookie outlives it and lets the log-in
+    page say "your session has expired" instead of a bare "please log in".
+    """
+    secure = request.app[http_api.SERVICES].config.secure_cookies
+    name = hint_cookie_name(secure)
+    if on:
+        response.set_cookie(name, "1", path="/", httponly=True, secure=secure, samesite="Lax")
+    elif name in request.cookies:
+        response.del_cookie(name, path="/", secure=secure, httponly=True, samesite="Lax")
+
+
 def to_login(request: web.Request, reason: str) -> web.Response:
-    """Back to the log-in page with a notice, dropping a session cookie that no longer works."""
+    """Back to the log-in page with a notice, dropping session cookies that no longer work."""
     response = redirect(f"/login?m={reason}")
     services = request.app[http_api.SERVICES]
     if session_cookie_name(services.config.secure_cookies) in request.cookies:
         services.clear_session_cookie(response)
+    set_signed_in_hint(request, response, on=False)
     return response
 
 
 def no_session(request: web.Request) -> web.Response:
-    """No usable session: "expired" if the browser still sent a cookie, else "log in"."""
-    services = request.app[http_api.SERVICES]
-    had_cookie = session_cookie_name(services.config.secure_cookies) in request.cookies
-    return to_login(request, "expired" if had_cookie else "login_required")
+    """No usable session: "expired" if the browser had one, else "please log in"."""
+    secure = request.app[http_api.SERVICES].config.secure_cookies
+    had_one = any(
+        name in request.cookies for name in (session_cookie_name(secure), hint_cookie_name(secure))
+    )
+    return to_login(request, "expired" if had_one else "login_required")
 
 
 def field_errors(exc: UserhubError, default_field: str = "form") -> dict[str, str]:
-    return {exc.field or default_field: exc.message[:1].upper() + exc.message[1:]}
+    """The error as a sentence, keyed by the field it belongs next to."""
+    text = exc.message[:1].upper() + exc.message[1:]
+    if not text.endswith((".", "!", "?")):
+        text += "."
+    return {exc.field or default_field: text}
 
 
 def rotate_browser_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -153,6 +179,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
                     pass  # it may have expired already; the new session stands either way
             response = redirect("/profile")
             services.set_session_cookie(response, result)
+            set_signed_in_hint(request, response, on=True)
             rotate_browser_id(request, response)
             return response
     return request.app[RENDERER].render(
@@ -315,6 +342,7 @@ async def logout_submit(request: web.Request) -> web.StreamResponse:
             pass  # already over; the cookie goes all the same
     response = redirect("/login?m=logged_out")
     services.clear_session_cookie(response)
+    set_signed_in_hint(request, response, on=False)
     rotate_browser_id(request, response)
     return response
 
