@@ -290,7 +290,9 @@ async def read_avatar_form(request: web.Request) -> bytes:
         if not isinstance(part, BodyPartReader):
             continue
         if part.name == csrf.FIELD:
-            raw = await part.read_chunk(256)
+            raw = bytearray()  # a token is 43 characters; anything much longer is not one
+            while len(raw) <= 256 and (chunk := await part.read_chunk(256)):
+                raw += chunk
             token = raw.decode("ascii", "replace")
         elif part.name == "avatar":
             forms.verify(request, token)  # the browser sends fields in page order
