@@ -38,6 +38,10 @@ _MAINTAIN_EVERY_S = 0.5
 _BREAKER_S = 2.0  # how long a failed worker is left alone
 _CONNECT_TIMEOUT_S = 1.0
 _MANAGER_TIMEOUT_S = 1.0
+# How long a connection outlives its lease before it retires. A restarted pool manager
+# knows no lease until the workers have registered again (they back off up to 1 s);
+# a renewal answered "lease unknown" in that gap must not cost the connections.
+_UNLEASED_GRACE_S = 3.0
 
 
 class ManagerLink:
@@ -85,6 +89,7 @@ class _Peer:
     conn: rpc.Connection
     in_flight: int = 0
     retiring: bool = False
+    unleased_since: float | None = None
 
 
 class WorkerPool:
@@ -255,10 +260,16 @@ class WorkerPool:
         if manager_ok:
             manager_ok = await self._lease_more()
         if manager_ok:
-            # Connections to workers we no longer hold a lease on retire once idle.
+            # Connections to workers we no longer hold a lease on retire once idle,
+            # after a grace period in which the worker may be leased to us again.
             leased_addrs = {lease.addr for lease in self._leases.values()}
             for peer in list(self._peers.values()):
-                if peer.addr not in leased_addrs:
+                if peer.addr in leased_addrs:
+                    peer.unleased_since = None
+                    continue
+                if peer.unleased_since is None:
+                    peer.unleased_since = now
+                if now - peer.unleased_since >= _UNLEASED_GRACE_S:
                     peer.retiring = True
                     if peer.in_flight == 0:
                         self._drop_peer(peer, "lease ended")
