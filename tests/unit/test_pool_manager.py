@@ -680,7 +680,7 @@ async def test_housekeeping_cuts_a_worker_whose_heartbeats_stop(tmp_path: Path) 
 
 
 async def test_housekeeping_expires_leases(tmp_path: Path) -> None:
-    pm = await start_manager(manager_config(tmp_path, heartbeat_s=0.03, ttl_s=0.05))
+    pm = await start_manager(manager_config(tmp_path, heartbeat_s=0.05, ttl_s=0.2))
     try:
         pm.housekeeping()
         conn, _ = await pm.register(reg_msg())
