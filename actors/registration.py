@@ -62,18 +62,22 @@ class Registration:
         """Register and heartbeat forever; reconnect with capped backoff on any failure."""
         backoff = _BACKOFF_MIN_S
         while True:
+            registered_before = self.registrations
+            error = "connection closed"
             try:
                 await self._session()
             except (UserhubError, OSError) as exc:
-                log.info("manager_unreachable", error=str(exc), retry_in_s=backoff)
+                error = str(exc)
             finally:
+                self.worker_id = ""
                 if self._conn is not None:
                     self._conn.close("re-registering")
                     self._conn = None
+            if self.registrations > registered_before:
+                backoff = _BACKOFF_MIN_S  # we were registered: come back fast
+            log.info("manager_unreachable", error=error, retry_in_s=backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX_S)
-            if self.worker_id:
-                backoff = _BACKOFF_MIN_S  # we were registered: come back fast
 
     async def _session(self) -> None:
         host, port = self._common.manager_addr
@@ -97,7 +101,6 @@ class Registration:
             await asyncio.sleep(interval)
             beat = messages.Heartbeat(in_flight=self._in_flight(), ready=self._ready())
             await conn.call(beat, deadline=time.time() + max(interval, 1.0), trace_id="")
-        self.worker_id = ""
 
     def close(self) -> None:
         if self._conn is not None:
