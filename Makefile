@@ -1,5 +1,5 @@
 # userhub: `make run` brings the whole tree up, `make test` proves it.
-.PHONY: run stop status test unit lint chaos bench bench-quick
+.PHONY: run stop status test unit lint chaos fuzz bench bench-quick
 
 run:
 	@scripts/run.sh
@@ -18,7 +18,7 @@ unit:
 	@.venv/bin/pytest -q tests/unit
 
 lint:
-	@.venv/bin/ruff check actors tests chaos
+	@.venv/bin/ruff check actors tests chaos fuzz
 	@.venv/bin/mypy
 
 # Kill actors under load against the tree `make run` started; report in chaos/results/.
@@ -32,3 +32,10 @@ bench:
 # The same on small data with short phases (under a minute); make test runs it too.
 bench-quick:
 	@bash -c '. scripts/env.sh && .venv/bin/python -m bench.run --quick --out bench/results/quick'
+
+# Fuzz the frame decoder for FUZZ_SECONDS (default 300); what it finds stays in var/fuzz/.
+# `make test` runs a short bounded pass of the same harness (tests/unit/test_fuzz_frames.py).
+fuzz:
+	@mkdir -p var/fuzz/frames-corpus var/fuzz/artifacts
+	@.venv/bin/python fuzz/fuzz_frames.py -max_total_time=$${FUZZ_SECONDS:-300} \
+		-artifact_prefix=var/fuzz/artifacts/ -print_final_stats=1 var/fuzz/frames-corpus
