@@ -40,6 +40,7 @@ class CacheWorker:
         self._hits = metrics.CACHE_LOOKUPS.labels("hit")
         self._misses = metrics.CACHE_LOOKUPS.labels("miss")
         self._bypass = metrics.CACHE_LOOKUPS.labels("bypass")
+        metrics.POOL_SIZE.labels("cache_worker", "redis").set(config.redis_pool_size)
 
     async def handle(self, request: rpc.Request) -> Message:
         # WorkerRuntime logs the "handled" line (duration, error code) for every request.

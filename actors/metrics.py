@@ -95,7 +95,8 @@ STARTS = Counter(
 )
 POOL_SIZE = Gauge(
     "userhub_pool_connections",
-    "Connections a pool holds, by pool.",
+    "Size of a pool: connections to leased workers it holds, or the MySQL/Redis connections"
+    " it may open.",
     ["actor", "pool"],
     multiprocess_mode="livesum",
 )

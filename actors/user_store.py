@@ -57,6 +57,7 @@ class UserStore:
         self._acquire_timeout_s = acquire_timeout_s
         self._pool: aiomysql.Pool | None = None
         self._in_use = metrics.POOL_IN_USE.labels("db_worker", "mysql")
+        self._waiting = metrics.WAITING_REQUESTS.labels("db_worker", "mysql")
         metrics.POOL_SIZE.labels("db_worker", "mysql").set(self.size)
 
     async def open(self) -> None:
@@ -89,11 +90,14 @@ class UserStore:
         if self._pool is None:
             raise DatabaseUnavailable("database pool is not open")
         started = time.perf_counter()
+        self._waiting.inc()
         try:
             async with asyncio.timeout(self._acquire_timeout_s):
                 await self._gate.acquire()
         except TimeoutError:
             raise PoolExhausted("all MySQL connections are busy") from None
+        finally:
+            self._waiting.dec()
         self._in_use.inc()
         conn: aiomysql.Connection | None = None
         try:

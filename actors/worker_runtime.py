@@ -48,6 +48,7 @@ class WorkerRuntime:
         self._mysql_wanted = mysql_wanted
         self.stopping = asyncio.Event()
         self._handler = handler
+        self._in_flight = metrics.IN_FLIGHT.labels(kind)
         self.server = rpc.Server(
             self._observed,
             max_connections=limits.max_connections,
@@ -65,6 +66,7 @@ class WorkerRuntime:
         """
         started = time.perf_counter()
         error_code = ""
+        self._in_flight.inc()
         try:
             return await self._handler(request)
         except UserhubError as exc:
@@ -78,6 +80,7 @@ class WorkerRuntime:
             error_code = "internal"
             raise
         finally:
+            self._in_flight.dec()
             fields: dict[str, Any] = {
                 "message": type(request.message).__name__,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 3),
