@@ -31,7 +31,7 @@ def _env_float(name: str, default: float) -> float:
 def parse_addr(addr: str) -> tuple[str, int]:
     """Split "host:port" (IPv6 as "[::1]:port")."""
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"address must be host:port, got {addr!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
@@ -205,7 +205,7 @@ class GatewayConfig:
             image_dir=Path(_env("USERHUB_IMAGE_DIR", str(common.var_dir / "avatars"))),
             db_leases=_env_int("USERHUB_DB_LEASES", 4),
             cache_leases=_env_int("USERHUB_CACHE_LEASES", 4),
-            secure_cookies=_env("USERHUB_TLS", "0") in ("1", "true", "yes"),
+            secure_cookies=_env("USERHUB_TLS", "0").lower() in ("1", "true", "yes", "on"),
             sessions=SessionPolicy.from_env(),
             login_failures_per_pair=_env_int("USERHUB_LOGIN_MAX_FAILURES_PAIR", 5),
             login_failures_per_address=_env_int("USERHUB_LOGIN_MAX_FAILURES_ADDRESS", 100),

@@ -158,9 +158,13 @@ class Registry:
             raise LeaseUnknown(f"lease {lease_id} is not known")
         lease.expires = time.monotonic() + self.lease_ttl_s
 
-    def release(self, lease_id: str) -> None:
-        lease = self.leases.pop(lease_id, None)
-        if lease is not None and lease.worker_id in self.workers:
+    def release(self, lease_id: str, holder: str | None = None) -> None:
+        """Give a lease back; a client may only give back its own (``holder``)."""
+        lease = self.leases.get(lease_id)
+        if lease is None or (holder is not None and lease.holder != holder):
+            return
+        del self.leases[lease_id]
+        if lease.worker_id in self.workers:
             self.workers[lease.worker_id].leases.discard(lease_id)
 
     def release_holder(self, holder: str) -> int:
@@ -246,7 +250,7 @@ class PoolManager:
             reg.renew(msg.lease_id, request.peer)
             return messages.LeaseRenewed(ttl_s=reg.lease_ttl_s)
         if isinstance(msg, messages.ReleaseLease):
-            reg.release(msg.lease_id)
+            reg.release(msg.lease_id, request.peer)
             return messages.Ack()
         if isinstance(msg, messages.ListWorkers):
             return reg.listing(msg.kind)
