@@ -63,6 +63,13 @@ class PayloadTooLarge(CallerError):
     http_status = 413
 
 
+class RequestTimeout(CallerError):
+    """The client took too long to send its request body."""
+
+    code = "request_timeout"
+    http_status = 408
+
+
 class UnsupportedMediaType(CallerError):
     code = "unsupported_media_type"
     http_status = 415

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from actors import http_api, images, logs_setup, metrics, web_pages
 from actors.config import GatewayConfig
-from actors.http_common import observe
+from actors.http_common import HTTP_IDLE_TIMEOUT_S, observe
 from actors.leasing import ManagerLink, WorkerPool
 from actors.throttle import Limits, LoginThrottle
 
@@ -82,7 +82,11 @@ async def main() -> None:
         throttle=throttle,
     )
     app = build_app(services)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    # keepalive_timeout also bounds how long a new connection may take to send its first
+    # request head (aiohttp starts the timer when the connection opens): slowloris defence.
+    runner = web.AppRunner(
+        app, access_log=None, handler_cancellation=True, keepalive_timeout=HTTP_IDLE_TIMEOUT_S
+    )
     await runner.setup()
     host, port = config.http_addr
     site = web.TCPSite(runner, host, port, reuse_port=True, backlog=2048)

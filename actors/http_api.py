@@ -13,10 +13,18 @@ import time
 from dataclasses import dataclass
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from actors import images, messages, validation
 from actors.config import GatewayConfig
-from actors.errors import InvalidCredentials, InvalidInput, NotFound, PayloadTooLarge
+from actors.errors import (
+    CallerError,
+    InvalidCredentials,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+)
 from actors.http_common import (
     REQUEST_ID,
     idempotency_key,
@@ -27,6 +35,11 @@ from actors.http_common import (
 )
 from actors.leasing import WorkerPool
 from actors.throttle import LoginThrottle
+
+#: A picture upload must arrive whole within this many seconds.
+UPLOAD_TIMEOUT_S = 60.0
+#: Room for the multipart framing around the largest picture accepted.
+_MULTIPART_SLACK = 64 * 1024
 
 
 @dataclass
@@ -155,9 +168,26 @@ SERVICES = web.AppKey("services", Services)
 
 
 async def read_avatar_field(request: web.Request) -> bytes:
-    """The bytes of the multipart field ``avatar``, refused past the upload limit."""
+    """The bytes of the multipart field ``avatar``, refused past the upload limit (or if it
+    does not arrive within UPLOAD_TIMEOUT_S)."""
     if not request.content_type.startswith("multipart/"):
         raise InvalidInput("send the picture as multipart/form-data field 'avatar'")
+    length = request.content_length
+    if length is not None and length > images.MAX_UPLOAD_BYTES + _MULTIPART_SLACK:
+        raise PayloadTooLarge(
+            f"pictures are limited to {images.MAX_UPLOAD_BYTES} bytes", field="avatar"
+        )
+    try:
+        async with asyncio.timeout(UPLOAD_TIMEOUT_S):
+            return await _read_avatar_field(request)
+    except TimeoutError:
+        raise RequestTimeout(f"the upload did not arrive within {UPLOAD_TIMEOUT_S:g} s") from None
+    except (ValueError, HttpProcessingError):
+        # aiohttp's multipart parser refuses a bad boundary, part header or length so.
+        raise CallerError("the multipart body is malformed") from None
+
+
+async def _read_avatar_field(request: web.Request) -> bytes:
     reader = await request.multipart()
     while True:
         part = await reader.next()

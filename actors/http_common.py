@@ -8,6 +8,7 @@ actors.errors; nothing unexpected ever leaves as a bare 500 page.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -16,12 +17,14 @@ from typing import Any
 import msgspec
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from actors import messages, metrics, tokens
 from actors.errors import (
     CallerError,
     InvalidInput,
     PayloadTooLarge,
+    RequestTimeout,
     Throttled,
     Unauthenticated,
     UserhubError,
@@ -33,6 +36,12 @@ REQUEST_ID = web.RequestKey("request_id", str)
 SESSION_COOKIE = "userhub_session"
 SECURE_SESSION_COOKIE = "__Host-userhub_session"
 MAX_JSON_BYTES = 16 * 1024
+#: A JSON body must arrive whole within this many seconds of the handler asking for it.
+BODY_TIMEOUT_S = 10.0
+#: A connection that has not sent a whole request head this long after it opened, or
+#: after its last answer, is closed: a client trickling its headers (slowloris) or
+#: idling on a kept-alive connection holds nothing for longer.
+HTTP_IDLE_TIMEOUT_S = 20.0
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -73,6 +82,11 @@ async def observe(request: web.Request, handler: _Handler) -> web.StreamResponse
         response = error_response(exc)
         error_code = exc.code
         metrics.ERRORS.labels("gateway", exc.code).inc()
+    except HttpProcessingError:
+        # aiohttp's parsers (multipart part headers, forms) refusing what the client sent.
+        response = error_response(CallerError("the request is malformed"))
+        error_code = "bad_request"
+        metrics.ERRORS.labels("gateway", error_code).inc()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -115,19 +129,32 @@ async def observe(request: web.Request, handler: _Handler) -> web.StreamResponse
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
-    """A JSON object body, bounded in size; anything else is the caller's error."""
+    """A JSON object body, bounded in size and time; anything else is the caller's error."""
     if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
         raise PayloadTooLarge(f"JSON bodies are limited to {MAX_JSON_BYTES} bytes")
-    raw = await request.content.read(MAX_JSON_BYTES + 1)
-    if len(raw) > MAX_JSON_BYTES:
-        raise PayloadTooLarge(f"JSON bodies are limited to {MAX_JSON_BYTES} bytes")
+    raw = await read_body(request, MAX_JSON_BYTES, BODY_TIMEOUT_S)
     try:
         body = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise CallerError("the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object")
     return body
+
+
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """The whole body, however it was split in transit: 413 past ``limit`` bytes, 408 if it
+    has not all arrived within ``timeout`` seconds."""
+    data = bytearray()
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await request.content.read(limit + 1 - len(data)):
+                data += chunk
+                if len(data) > limit:
+                    raise PayloadTooLarge(f"request bodies here are limited to {limit} bytes")
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout:g} s") from None
+    return bytes(data)
 
 
 def session_cookie_name(secure: bool) -> str:
