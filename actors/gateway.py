@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from actors import http_api, images, logs_setup, metrics, web_pages
+from actors import http_api, images, logs_setup, metrics, openapi, web_pages
 from actors.config import GatewayConfig
 from actors.http_common import HTTP_IDLE_TIMEOUT_S, observe
 from actors.leasing import ManagerLink, WorkerPool
@@ -50,6 +50,7 @@ def build_app(services: http_api.Services) -> web.Application:
     )
     app[http_api.SERVICES] = services
     http_api.add_routes(app)
+    app.router.add_get(openapi.PATH, openapi.serve)
     web_pages.setup(app, services.config)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -13,6 +13,22 @@ from tests.integration.tree import Tree, running_tree
 
 pytestmark = pytest.mark.integration
 
+#: Every answer to an /api/v1 request made through the ``http`` fixture in this session:
+#: (method, path, status, headers, body). tests/integration/test_openapi.py checks that
+#: each one is described by the OpenAPI document.
+API_ANSWERS: list[tuple[str, str, int, dict[str, str], bytes]] = []
+
+
+async def record_api_answers(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    response = await handler(request)
+    if request.url.path.startswith("/api/v1/"):
+        body = await response.read()  # kept by the response: the test reads it again
+        headers = {k.lower(): v for k, v in response.headers.items()}
+        API_ANSWERS.append((request.method, request.url.path, response.status, headers, body))
+    return response
+
 
 @pytest.fixture(scope="session")
 def tree() -> Iterator[Tree]:
@@ -26,6 +42,7 @@ async def http(tree: Tree) -> AsyncIterator[aiohttp.ClientSession]:
         base_url=tree.base_url,
         timeout=aiohttp.ClientTimeout(total=15),
         cookie_jar=aiohttp.CookieJar(unsafe=True),  # keep cookies for 127.0.0.1
+        middlewares=(record_api_answers,),
     ) as session:
         yield session
 
