@@ -30,8 +30,11 @@ fi
 
 base="http://$USERHUB_HTTP_ADDR"
 echo -n "==> waiting for $base/readyz "
+http_ok() {  # no curl needed: the venv's Python asks
+  .venv/bin/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1" 2>/dev/null
+}
 for _ in $(seq 1 120); do
-  if curl -fsS "$base/readyz" >/dev/null 2>&1; then ready=1; break; fi
+  if http_ok "$base/readyz"; then ready=1; break; fi
   echo -n "."; sleep 0.5
 done
 echo
@@ -42,8 +45,19 @@ if [ "${ready:-0}" != 1 ]; then
 fi
 
 # A demo account to try things with (409 on later runs: it is already there).
-curl -sS -o /dev/null -X POST "$base/api/v1/users" -H 'Content-Type: application/json' \
-  -d '{"username":"demo","password":"demo-password-1","nickname":"Demo User"}' || true
+.venv/bin/python - "$base" <<'PY' || true
+import json, sys, urllib.error, urllib.request
+body = {"username": "demo", "password": "demo-password-1", "nickname": "Demo User"}
+request = urllib.request.Request(
+    sys.argv[1] + "/api/v1/users", data=json.dumps(body).encode(),
+    headers={"Content-Type": "application/json"}, method="POST",
+)
+try:
+    urllib.request.urlopen(request, timeout=10)
+except urllib.error.HTTPError as exc:
+    if exc.code != 409:  # 409: the demo account is already there
+        raise
+PY
 
 "${ctl[@]}" status
 cat <<TXT
