@@ -9,23 +9,47 @@ Keys (all single-key operations, so a Redis Cluster works as well):
 * ``uh:u:<user id>`` -> ``"<version>|<profile JSON>"``. Writers and fills go through a
   script that only replaces a lower version, so a slow fill never overwrites a newer
   change: the cache converges on the highest version MySQL has acknowledged.
+
+While Redis is unreachable a small circuit breaker fails every call at once
+(CacheUnavailable: callers go to MySQL) instead of letting each request pay a
+connect or read timeout; a background probe pings Redis every half second and
+closes the breaker when it answers. redis-py's own retries are limited to one
+reconnect on a broken pooled connection: its default (ten retries with back-off)
+would hold a request for seconds.
+
+A profile written (or a session revoked) while Redis could not be told is
+remembered, a bounded number of them, and repaired (profile deleted, session
+tombstoned) before the breaker closes. A restarted Redis has lost everything anyway,
+but a Redis that was only cut off still holds the old copy, which would otherwise be
+served until its TTL ran out. Past the bound the oldest entries are forgotten and
+their TTL is the limit on staleness.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors import messages
 from actors.errors import CacheUnavailable
 
+log = structlog.get_logger("profile_cache")
+
 REVOKED = b"revoked"
+PROBE_EVERY_S = 0.5  # how often an open breaker asks Redis whether it is back
+MAX_DIRTY = 10_000  # profiles and sessions remembered for repair, each
 
 _SET_IF_NEWER = """
 local cur = redis.call('GET', KEYS[1])
@@ -58,11 +82,29 @@ class ProfileCache:
             socket_timeout=1.0,
             socket_connect_timeout=1.0,
             health_check_interval=30,
+            # One reconnect for a pooled connection that a Redis restart broke; a
+            # timeout is not retried (a black-holed Redis would cost it again).
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self._profile_ttl_s = profile_ttl_s
         self._set_if_newer = self._redis.register_script(_SET_IF_NEWER)
+        self._open = False  # the breaker: True while Redis is considered down
+        self._prober: asyncio.Task[None] | None = None
+        self._dirty_users: dict[int, None] = {}  # insertion-ordered: oldest first
+        self._dirty_sessions: dict[str, int] = {}  # token hash -> tombstone TTL
+        self.trips = 0
+
+    @property
+    def available(self) -> bool:
+        return not self._open
+
+    @property
+    def dirty(self) -> int:
+        return len(self._dirty_users) + len(self._dirty_sessions)
 
     async def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
         await self._redis.aclose()
 
     async def ping(self) -> bool:
@@ -75,7 +117,8 @@ class ProfileCache:
 
     async def get_session(self, token_hash: str, idle_s: float) -> CachedSession | bytes | None:
         """The cached session (sliding its idle TTL), None on a miss, REVOKED if logged out."""
-        raw = await self._call(self._redis.getex(_skey(token_hash), ex=max(1, int(idle_s))))
+        ttl = max(1, int(idle_s))
+        raw = await self._call(lambda: self._redis.getex(_skey(token_hash), ex=ttl))
         if raw is None:
             return None
         if raw == REVOKED:
@@ -91,22 +134,27 @@ class ProfileCache:
         if ttl <= 0:
             return
         value = f"{info.user.user_id}|{info.expires_at!r}|{info.last_seen!r}"
-        await self._call(self._redis.set(_skey(token_hash), value, ex=ttl, nx=True))
+        await self._call(lambda: self._redis.set(_skey(token_hash), value, ex=ttl, nx=True))
 
     async def note_touch(self, token_hash: str, session: CachedSession, idle_s: float) -> None:
         ttl = _session_ttl(session.expires_at, idle_s)
         if ttl <= 0:
             return
         value = f"{session.user_id}|{session.expires_at!r}|{time.time()!r}"
-        await self._call(self._redis.set(_skey(token_hash), value, ex=ttl, xx=True))
+        await self._call(lambda: self._redis.set(_skey(token_hash), value, ex=ttl, xx=True))
 
     async def revoke_session(self, token_hash: str, idle_s: float) -> None:
-        await self._call(self._redis.set(_skey(token_hash), REVOKED, ex=max(1, int(idle_s))))
+        ttl = max(1, int(idle_s))
+        try:
+            await self._call(lambda: self._redis.set(_skey(token_hash), REVOKED, ex=ttl))
+        except CacheUnavailable:
+            _remember(self._dirty_sessions, token_hash, ttl)
+            raise
 
     # -- profiles -----------------------------------------------------------------------
 
     async def get_user(self, user_id: int) -> messages.User | None:
-        raw = await self._call(self._redis.get(_ukey(user_id)))
+        raw = await self._call(lambda: self._redis.get(_ukey(user_id)))
         if raw is None:
             return None
         _, _, body = raw.partition(b"|")
@@ -118,19 +166,79 @@ class ProfileCache:
     async def put_user(self, user: messages.User) -> bool:
         """Store ``user`` unless the cache already holds this version or a newer one."""
         value = str(user.version).encode() + b"|" + _user_encoder.encode(user)
-        done = await self._call(
-            self._set_if_newer(
-                keys=[_ukey(user.user_id)], args=[value, user.version, self._profile_ttl_s]
+        try:
+            done = await self._call(
+                lambda: self._set_if_newer(
+                    keys=[_ukey(user.user_id)], args=[value, user.version, self._profile_ttl_s]
+                )
             )
-        )
+        except CacheUnavailable:
+            # Redis may still hold an older copy (a cut, not a restart): repair it later.
+            _remember(self._dirty_users, user.user_id, None)
+            raise
         return bool(done)
 
-    @staticmethod
-    async def _call(awaitable: Awaitable[Any]) -> Any:
+    # -- the breaker ----------------------------------------------------------------------
+
+    async def _call(self, operation: Callable[[], Awaitable[Any]]) -> Any:
+        if self._open:
+            raise CacheUnavailable("Redis is unreachable (circuit open)")
         try:
-            return await awaitable
-        except (RedisError, OSError) as exc:
+            return await operation()
+        except (RedisConnectionError, RedisTimeoutError, OSError, RuntimeError) as exc:
+            # RuntimeError: uvloop's answer to a write on a transport the peer reset.
+            self._trip(exc)  # unreachable: stop asking for a moment
             raise CacheUnavailable(f"Redis failed: {exc}") from None
+        except RedisError as exc:
+            raise CacheUnavailable(f"Redis failed: {exc}") from None
+
+    def _trip(self, exc: BaseException) -> None:
+        if self._open:
+            return
+        self._open = True
+        self.trips += 1
+        log.warning("cache_circuit_open", error=str(exc), trips=self.trips)
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.get_running_loop().create_task(self._probe_until_back())
+
+    async def _probe_until_back(self) -> None:
+        """Ping Redis until it answers, repair what it missed, then close the breaker."""
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(PROBE_EVERY_S)
+            try:
+                await self._redis.ping()
+                await self._repair()
+            except Exception:  # whatever it was, Redis is not back yet: keep probing
+                continue
+            self._open = False
+            log.info("cache_circuit_closed", down_s=round(time.monotonic() - started, 3))
+            return
+
+    async def _repair(self) -> None:
+        """Drop profiles and tombstone sessions whose update Redis never received."""
+        while self._dirty_users or self._dirty_sessions:
+            users = list(self._dirty_users)[:500]
+            sessions = list(self._dirty_sessions.items())[:500]
+            pipe = self._redis.pipeline(transaction=False)
+            for user_id in users:
+                pipe.delete(_ukey(user_id))
+            for token_hash, ttl in sessions:
+                pipe.set(_skey(token_hash), REVOKED, ex=ttl)
+            await pipe.execute()
+            for user_id in users:
+                self._dirty_users.pop(user_id, None)
+            for token_hash, _ in sessions:
+                self._dirty_sessions.pop(token_hash, None)
+            log.info("cache_repaired", profiles=len(users), sessions=len(sessions))
+
+
+def _remember(dirty: dict[Any, Any], key: Any, value: Any) -> None:
+    dirty.pop(key, None)
+    dirty[key] = value
+    if len(dirty) > MAX_DIRTY:
+        dirty.pop(next(iter(dirty)))
+        log.warning("cache_repair_list_full", bound=MAX_DIRTY)
 
 
 def _skey(token_hash: str) -> str:
