@@ -142,6 +142,10 @@ class DbWorkerConfig:
     hash_threads: int
     hash_queue: int
     sessions: SessionPolicy
+    # Longest one MySQL operation (acquire, query, commit) may take before the request
+    # fails with database_unavailable: a server that is gone or cut off costs a caller
+    # this, never the whole request deadline.
+    mysql_op_timeout_s: float = 1.5
 
     @classmethod
     def from_env(cls) -> DbWorkerConfig:
@@ -155,6 +159,7 @@ class DbWorkerConfig:
             hash_threads=_env_int("USERHUB_HASH_THREADS", os.cpu_count() or 2),
             hash_queue=_env_int("USERHUB_HASH_QUEUE", 256),
             sessions=SessionPolicy.from_env(),
+            mysql_op_timeout_s=_env_float("USERHUB_MYSQL_OP_TIMEOUT_S", 1.5),
         )
 
 

@@ -108,13 +108,13 @@ class DbWorker:
         size = granted
         delay = 0.1
         while True:
-            store = UserStore(self.config.mysql, size)
+            store = UserStore(self.config.mysql, size, op_timeout_s=self.config.mysql_op_timeout_s)
             try:
                 await store.open()
             except Exception as exc:
                 log.warning("mysql_unreachable", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, 1.0)  # come back within a second of MySQL
                 continue
             self.store = store
             log.info("mysql_pool_open", size=size)

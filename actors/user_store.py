@@ -4,6 +4,11 @@ Only db_workers import this. The pool is as large as the pool manager granted fr
 the global budget; a gate in front of it bounds waiting with a timeout (pool
 exhaustion is its own error, distinct from MySQL being down), and a connection that
 saw an unexpected error is closed, never returned to the pool.
+
+Each operation (getting a connection, the queries, the commit) is bounded by
+``op_timeout_s``: when MariaDB is gone a refused connect fails at once, but a server
+that stopped answering (a cut network, a hung server) would otherwise hold the caller
+until its deadline, since neither aiomysql's handshake nor its reads time out.
 """
 
 from __future__ import annotations
@@ -50,8 +55,15 @@ def scoped_key(user_scope: str, idempotency_key: str) -> str:
 
 
 class UserStore:
-    def __init__(self, dsn: MysqlDsn, size: int, acquire_timeout_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        dsn: MysqlDsn,
+        size: int,
+        acquire_timeout_s: float = 2.0,
+        op_timeout_s: float = 1.5,
+    ) -> None:
         self._dsn = dsn
+        self._op_timeout_s = op_timeout_s
         self.size = max(1, size)
         self._gate = asyncio.Semaphore(self.size)
         self._acquire_timeout_s = acquire_timeout_s
@@ -61,7 +73,12 @@ class UserStore:
         metrics.POOL_SIZE.labels("db_worker", "mysql").set(self.size)
 
     async def open(self) -> None:
-        self._pool = await aiomysql.create_pool(
+        # Bounded too: a server that accepts but never greets would hang the handshake.
+        async with asyncio.timeout(5.0):
+            self._pool = await self._create_pool()
+
+    async def _create_pool(self) -> aiomysql.Pool:
+        return await aiomysql.create_pool(
             host=self._dsn.host,
             port=self._dsn.port,
             user=self._dsn.user,
@@ -101,20 +118,30 @@ class UserStore:
         self._in_use.inc()
         conn: aiomysql.Connection | None = None
         try:
-            try:
-                conn = await self._pool.acquire()
-            except (pymysql.err.OperationalError, OSError) as exc:
-                raise DatabaseUnavailable(f"cannot reach MySQL: {exc}") from None
-            try:
-                yield conn
-            except pymysql.err.IntegrityError:
-                raise
-            except (pymysql.err.OperationalError, pymysql.err.InterfaceError, OSError) as exc:
-                conn.close()  # in doubt: never hand it back
-                raise DatabaseUnavailable(f"MySQL failed: {exc}") from None
-            except BaseException:
-                conn.close()
-                raise
+            async with asyncio.timeout(self._op_timeout_s):
+                try:
+                    conn = await self._pool.acquire()
+                except (pymysql.err.OperationalError, OSError) as exc:
+                    raise DatabaseUnavailable(f"cannot reach MySQL: {exc}") from None
+                try:
+                    yield conn
+                except pymysql.err.IntegrityError:
+                    raise
+                except (
+                    pymysql.err.OperationalError,
+                    pymysql.err.InterfaceError,
+                    OSError,
+                    RuntimeError,  # uvloop: a write on a transport the server closed
+                ) as exc:
+                    conn.close()  # in doubt: never hand it back
+                    raise DatabaseUnavailable(f"MySQL failed: {exc}") from None
+                except BaseException:
+                    conn.close()
+                    raise
+        except TimeoutError:
+            raise DatabaseUnavailable(
+                f"MySQL did not answer within {self._op_timeout_s} s"
+            ) from None
         finally:
             if conn is not None:
                 self._pool.release(conn)
