@@ -10,6 +10,13 @@ checks every acknowledged write (chaos.checker), counts MySQL and Redis connecti
 against the count before the run, measures each killed actor's time until it
 serves again, and writes chaos/results/latest.json. Loopback only, bounded in time,
 and it leaves the tree as it found it: supervisord restarts every killed process.
+
+With ``--faults`` (chaos.faults), after the kills and under the same load, it also
+stops Redis, restarts MariaDB and, when the tree reaches them through fault proxies,
+black-holes, resets or delays those links, one fault at a time; the report adds each
+fault's error rate, latency and recovery time. ``--private-tree`` runs all of it on
+a throwaway tree (free ports, a temporary directory, Redis and MariaDB behind
+proxies) instead of the one `make run` started.
 """
 
 from __future__ import annotations
@@ -23,9 +30,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pymysql
@@ -33,7 +42,8 @@ import redis
 
 from actors import messages, rpc
 from actors.config import MysqlDsn, parse_addr
-from chaos import checker, workload
+from chaos import checker, faults, workload
+from chaos.proxy import RemoteProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "chaos" / "results" / "latest.json"
@@ -50,6 +60,8 @@ class Target:
     manager_addr: tuple[str, int]
     mysql_dsn: str
     redis_url: str
+    # "redis" / "mysql" -> the fault proxy between the workers and that server, if any
+    proxies: dict[str, faults.ProxyControl] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> Target:
@@ -155,7 +167,14 @@ async def _manager_answers(target: Target) -> bool:
 
 
 async def run(
-    target: Target, duration: float, interval: float, users: int, seed: int | None = None
+    target: Target,
+    duration: float,
+    interval: float,
+    users: int,
+    seed: int | None = None,
+    fault_names: list[str] | None = None,
+    fault_hold_s: float = 5.0,
+    fault_settle_s: float = 6.0,
 ) -> dict[str, object]:
     rng = random.Random(seed)
     connector = aiohttp.TCPConnector(limit=0)
@@ -196,6 +215,15 @@ async def run(
             )
         await asyncio.sleep(max(0.0, duration - (time.monotonic() - started)))
         recovery_times = await asyncio.gather(*recoveries)
+        fault_report = await faults.run_all(
+            fault_names or [],
+            target.ctl,
+            target.proxies,
+            stats.attempts,
+            hold_s=fault_hold_s,
+            settle_s=fault_settle_s,
+            origin=started,
+        )
         await asyncio.sleep(WARM_UP_S)
         after_mysql = await asyncio.to_thread(mysql_connections, target.mysql_dsn)
         after_redis = await asyncio.to_thread(redis_connections, target.redis_url)
@@ -236,6 +264,8 @@ async def run(
         "redis_connections_allowed": allowed_redis,
         "leaked_redis_connections": max(0, after_redis - allowed_redis),
         "failures_sample": stats.failures[:10],
+        "faults": fault_report,
+        "max_fault_recovery_s": max((f["recovery_s"] for f in fault_report), default=0.0),
     }
 
 
@@ -252,6 +282,37 @@ def print_table(report: dict[str, object]) -> None:
         print(
             f"  killed {kill['program']:<32} at {kill['at_s']:6.1f}s  back in {kill['recovery_s']}s"
         )
+    for f in report.get("faults", []):  # type: ignore[attr-defined]
+        print(
+            f"  fault {f['fault']:<16} at {f['at_s']:6.1f}s for {f['window_s']:5.1f}s: "
+            f"{f['failed']}/{f['attempts']} attempts failed ({f['error_rate']:.1%}) "
+            f"{f['statuses']}, p99 {f['latency_p99_s']}s, max {f['latency_max_s']}s, "
+            f"recovered {f['recovery_s']}s after"
+        )
+
+
+@contextmanager
+def private_target() -> Iterator[Target]:
+    """A throwaway tree with Redis and MariaDB behind fault proxies (the test helpers')."""
+    from tests.integration.fault_proxy import proxied_tree
+
+    with proxied_tree() as proxied:
+        tree = proxied.tree
+        yield Target(
+            base_url=tree.base_url,
+            ctl=tree.ctl,
+            manager_addr=tree.manager_addr,
+            mysql_dsn=tree.env["USERHUB_MYSQL_DSN"],
+            redis_url=tree.env["USERHUB_REDIS_URL"],
+            proxies={"redis": proxied.redis, "mysql": proxied.mysql},
+        )
+
+
+def _proxy_arg(text: str) -> tuple[str, RemoteProxy]:
+    dep, _, addr = text.partition("=")
+    if dep not in ("redis", "mysql") or not addr:
+        raise argparse.ArgumentTypeError("use redis=HOST:PORT or mysql=HOST:PORT")
+    return dep, RemoteProxy(parse_addr(addr))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,17 +322,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--faults", default="",
+        help="dependency faults after the kills: default, all, none or a comma list of "
+        + ", ".join(faults.ALL),
+    )  # fmt: skip
+    parser.add_argument("--fault-hold", type=float, default=5.0, help="seconds each fault lasts")
+    parser.add_argument("--fault-settle", type=float, default=6.0, help="seconds between faults")
+    parser.add_argument(
+        "--proxy", type=_proxy_arg, action="append", default=[],
+        help="redis=HOST:PORT or mysql=HOST:PORT: control port of a chaos.proxy program",
+    )  # fmt: skip
+    parser.add_argument(
+        "--private-tree", action="store_true",
+        help="run on a throwaway tree with Redis and MariaDB behind fault proxies",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON report goes")
     args = parser.parse_args(argv)
     duration = min(args.duration, 600.0)
-    report = asyncio.run(run(Target.from_env(), duration, args.interval, args.users, args.seed))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    hold = min(args.fault_hold, 60.0)
+
+    def go(target: Target) -> dict[str, object]:
+        target.proxies.update(dict(args.proxy))
+        names = faults.parse(args.faults, target.proxies)
+        return asyncio.run(
+            run(target, duration, args.interval, args.users, args.seed,
+                names, hold, args.fault_settle)
+        )  # fmt: skip
+
+    if args.private_tree:
+        with private_target() as target:
+            report: dict[str, Any] = go(target)
+    else:
+        report = go(Target.from_env())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print_table(report)
-        print(f"report written to {RESULTS.relative_to(ROOT)}")
-    return 0 if report["lost_writes"] == 0 and report["failed_idempotent"] == 0 else 1
+        print(f"report written to {args.out}")
+    recovered = report["max_fault_recovery_s"] != float("inf")
+    ok = report["lost_writes"] == 0 and report["failed_idempotent"] == 0 and recovered
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -31,6 +31,16 @@ class Account:
         return {"Authorization": f"Bearer {self.token}"}
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One HTTP attempt: monotonic start and end, status (0: no answer), what it was."""
+
+    started: float
+    ended: float
+    status: int
+    kind: str  # "read" or "write"
+
+
 @dataclass
 class Stats:
     requests: int = 0
@@ -39,6 +49,7 @@ class Stats:
     failures: list[str] = field(default_factory=list)
     errors_at: list[float] = field(default_factory=list)  # monotonic times of failures
     history: list[Write] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)  # every try, retries included
 
 
 async def _send(
@@ -46,15 +57,20 @@ async def _send(
     method: str,
     url: str,
     deadline: float,
+    attempts: list[Attempt] | None = None,
     **kwargs: object,
 ) -> tuple[int, dict[str, object] | None, str]:
     """One logical request, retried while it may be: (status, json, error). Status 0
-    means no definite answer arrived before the deadline."""
+    means no definite answer arrived before the deadline. Each try is appended to
+    ``attempts`` when given."""
     last_error = "deadline passed"
+    kind = "read" if method == "GET" else "write"
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return 0, None, last_error
+        tried = answered = time.monotonic()
+        status = 0
         try:
             async with http.request(
                 method,
@@ -62,7 +78,9 @@ async def _send(
                 timeout=aiohttp.ClientTimeout(total=remaining),
                 **kwargs,  # type: ignore[arg-type]
             ) as r:
+                status = r.status
                 body = await r.json(content_type=None) if r.status != 204 else None
+                answered = time.monotonic()
                 if r.status in RETRIABLE_STATUS:
                     last_error = f"{r.status} {body}"
                     await asyncio.sleep(0.05)
@@ -70,7 +88,11 @@ async def _send(
                 return r.status, body, ""
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             last_error = repr(exc)
+            status, answered = 0, time.monotonic()
             await asyncio.sleep(0.05)
+        finally:
+            if attempts is not None:
+                attempts.append(Attempt(tried, answered, status, kind))
 
 
 async def prepare_accounts(base: str, count: int, http: aiohttp.ClientSession) -> list[Account]:
@@ -120,7 +142,7 @@ async def client_loop(
             value = f"w{seq}-{uuid.uuid4().hex[:8]}"
             headers = dict(account.auth, **{"Idempotency-Key": uuid.uuid4().hex})
             status, _, error = await _send(
-                http, "PUT", f"{base}/api/v1/profile/nickname", deadline,
+                http, "PUT", f"{base}/api/v1/profile/nickname", deadline, stats.attempts,
                 json={"nickname": value}, headers=headers,
             )  # fmt: skip
             outcome: Outcome = (
@@ -132,8 +154,9 @@ async def client_loop(
             stats.history.append(Write(account.username, value, seq, outcome))
         else:
             status, _, error = await _send(
-                http, "GET", f"{base}/api/v1/profile", deadline, headers=account.auth
-            )
+                http, "GET", f"{base}/api/v1/profile", deadline, stats.attempts,
+                headers=account.auth,
+            )  # fmt: skip
             if status == 200:
                 stats.reads_ok += 1
             else:
