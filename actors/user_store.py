@@ -8,13 +8,17 @@ saw an unexpected error is closed, never returned to the pool.
 Each operation (getting a connection, the queries, the commit) is bounded by
 ``op_timeout_s``: when MariaDB is gone a refused connect fails at once, but a server
 that stopped answering (a cut network, a hung server) would otherwise hold the caller
-until its deadline, since neither aiomysql's handshake nor its reads time out.
+until its deadline, since neither aiomysql's handshake nor its reads time out. And
+while MySQL is failing, a call that finds every connection taken (or that saw the
+calls ahead of it fail while it waited) fails at once rather than queue behind calls
+that are themselves waiting to time out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -64,6 +68,7 @@ class UserStore:
     ) -> None:
         self._dsn = dsn
         self._op_timeout_s = op_timeout_s
+        self._failed_at = -math.inf  # monotonic time of the last connection-level failure
         self.size = max(1, size)
         self._gate = asyncio.Semaphore(self.size)
         self._acquire_timeout_s = acquire_timeout_s
@@ -107,7 +112,12 @@ class UserStore:
         if self._pool is None:
             raise DatabaseUnavailable("database pool is not open")
         started = time.perf_counter()
+        if self._gate.locked() and time.monotonic() - self._failed_at < self._op_timeout_s:
+            # MySQL is failing and every connection is taken by a call that will likely
+            # time out too: queueing behind them would only double the wait.
+            raise DatabaseUnavailable("MySQL is failing and every connection is busy")
         self._waiting.inc()
+        queued_at = time.monotonic()
         try:
             async with asyncio.timeout(self._acquire_timeout_s):
                 await self._gate.acquire()
@@ -115,13 +125,19 @@ class UserStore:
             raise PoolExhausted("all MySQL connections are busy") from None
         finally:
             self._waiting.dec()
+        if self._failed_at > queued_at:
+            # The calls ahead of this one failed while it waited: MySQL is failing.
+            self._gate.release()
+            raise DatabaseUnavailable("MySQL failed while this call waited for a connection")
         self._in_use.inc()
         conn: aiomysql.Connection | None = None
         try:
             async with asyncio.timeout(self._op_timeout_s):
                 try:
                     conn = await self._pool.acquire()
-                except (pymysql.err.OperationalError, OSError) as exc:
+                except (pymysql.err.OperationalError, OSError, RuntimeError) as exc:
+                    # RuntimeError: aiomysql on uvloop, when the peer resets the connection
+                    # before the handshake ("Transport does not expose socket instance").
                     raise DatabaseUnavailable(f"cannot reach MySQL: {exc}") from None
                 try:
                     yield conn
@@ -139,9 +155,13 @@ class UserStore:
                     conn.close()
                     raise
         except TimeoutError:
+            self._failed_at = time.monotonic()
             raise DatabaseUnavailable(
                 f"MySQL did not answer within {self._op_timeout_s} s"
             ) from None
+        except DatabaseUnavailable:
+            self._failed_at = time.monotonic()
+            raise
         finally:
             if conn is not None:
                 self._pool.release(conn)

@@ -104,10 +104,13 @@ async def test_blackhole_swallows_then_resets_broken_streams(proxy: FaultProxy) 
 
 async def test_target_down_is_a_reset() -> None:
     with ThreadedProxy(("127.0.0.1", 1)) as threaded:
-        reader, writer = await asyncio.open_connection(*threaded.addr)
+        # The reset may arrive before the connection is even set up on this side.
         with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
-            await asyncio.wait_for(reader.readexactly(1), 3)
-        writer.close()
+            reader, writer = await asyncio.open_connection(*threaded.addr)
+            try:
+                await asyncio.wait_for(reader.readexactly(1), 3)
+            finally:
+                writer.close()
         assert threaded.status()["resets"] == 1
 
 
