@@ -22,8 +22,10 @@ lint:
 	@.venv/bin/mypy
 
 # Kill actors under load against the tree `make run` started; report in chaos/results/.
+# CHAOS_FAULTS=default adds a Redis stop and a MariaDB restart after the kills;
+# CHAOS_ARGS passes anything else to chaos.run (e.g. --private-tree); see docs/chaos.md.
 chaos:
-	@bash -c '. scripts/env.sh && .venv/bin/python -m chaos.run --duration $${CHAOS_DURATION:-90} --interval $${CHAOS_INTERVAL:-6}'
+	@bash -c '. scripts/env.sh && .venv/bin/python -m chaos.run --duration $${CHAOS_DURATION:-90} --interval $${CHAOS_INTERVAL:-6} --faults "$${CHAOS_FAULTS:-}" $${CHAOS_ARGS:-}'
 
 # The full benchmark (10M users) against the tree `make run` started; report in bench/results/.
 bench:
