@@ -115,19 +115,45 @@ def redis_connections(url: str) -> int:
 
 
 async def serving_again(target: Target, program: str, old_pid: int, killed_at: float) -> float:
-    """Seconds from the kill until the replacement runs and (workers) is leasable."""
+    """Seconds from the kill until the replacement serves: a worker registered and ready
+    with the pool manager, a gateway listening on the HTTP port, the pool manager
+    answering. (supervisord's RUNNING state comes ``startsecs`` later still.)"""
     kind = program.split(":")[0]
     deadline = killed_at + 60
     while time.monotonic() < deadline:
-        state, pid = (await asyncio.to_thread(target.processes)).get(program, ("?", 0))
-        if state == "RUNNING" and pid not in (0, old_pid):
+        out = await asyncio.to_thread(target.ctl, "pid", program)
+        pid = int(out.strip()) if out.strip().isdigit() else 0
+        if pid not in (0, old_pid):
             if kind in ("db_worker", "cache_worker"):
-                if await _registered_ready(target, pid):
-                    return time.monotonic() - killed_at
-            elif kind == "gateway" or await _manager_answers(target):
+                serving = await _registered_ready(target, pid)
+            elif kind == "gateway":
+                serving = _listening(pid, int(target.base_url.rsplit(":", 1)[1]))
+            else:
+                serving = await _manager_answers(target)
+            if serving:
                 return time.monotonic() - killed_at
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.02)
     return float("inf")
+
+
+def _listening(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a listening TCP socket on ``port`` (Linux /proc)."""
+    try:
+        inodes = {
+            os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1]
+            for fd in os.listdir(f"/proc/{pid}/fd")
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")
+        }
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        lines += Path("/proc/net/tcp6").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            if fields[9] in inodes:
+                return True
+    return False
 
 
 async def _registered_ready(target: Target, pid: int) -> bool:
