@@ -307,7 +307,7 @@ def render_summary(report: dict[str, Any]) -> str:
     if report["error_lines"]:
         out += ["", "error-level lines without a code, by actor and event"]
         for e in report["error_lines"]:
-            out.append(f"  {e['actor']:<14}{e['event']:<24}{e['count']:>8}")
+            out.append(f"  {e['actor']:<14} {e['event']:<24}{e['count']:>8}")
     out += [
         "",
         "stages (duration_ms)",
