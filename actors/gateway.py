@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from actors import http_api, images, logs_setup, metrics, openapi, web_pages
+from actors import gc_tuning, http_api, images, logs_setup, metrics, openapi, web_pages
 from actors.config import GatewayConfig
 from actors.http_common import HTTP_IDLE_TIMEOUT_S, observe
 from actors.leasing import ManagerLink, WorkerPool
@@ -92,6 +92,7 @@ async def main() -> None:
     host, port = config.http_addr
     site = web.TCPSite(runner, host, port, reuse_port=True, backlog=2048)
     await site.start()
+    gc_tuning.tune_after_start()
     log.info("listening", addr=f"http://{host}:{port}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

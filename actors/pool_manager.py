@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from actors import logs_setup, messages, metrics, rpc
+from actors import gc_tuning, logs_setup, messages, metrics, rpc
 from actors.config import ManagerConfig
 from actors.errors import CallerError, LeaseUnknown, NoWorker
 from actors.messages import Message
@@ -299,6 +299,7 @@ async def main() -> None:
     manager = PoolManager(config)
     host, port = config.common.manager_addr
     await manager.server.start(host, port)
+    gc_tuning.tune_after_start()
     log.info("started", addr=f"{host}:{port}", mysql_budget=config.mysql_budget)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

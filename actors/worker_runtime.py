@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from actors import metrics, rpc
+from actors import gc_tuning, metrics, rpc
 from actors.config import CommonConfig, WorkerLimits
 from actors.errors import UserhubError
 from actors.messages import Message
@@ -111,6 +111,7 @@ class WorkerRuntime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         log.info("listening", addr=f"{host}:{port}", advertised=self.common.advertise_host)
+        gc_tuning.tune_after_start()
         return registration
 
     async def wait_and_drain(self) -> None:

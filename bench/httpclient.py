@@ -18,7 +18,7 @@ class HttpConnection:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
-    async def _connect(self) -> None:
+    async def connect(self) -> None:
         self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
 
     def close(self) -> None:
@@ -29,7 +29,7 @@ class HttpConnection:
     async def request(self, raw: bytes) -> tuple[int, bytes]:
         """Send one prepared request; return (status, body). Reconnects when needed."""
         if self._writer is None or self._writer.is_closing():
-            await self._connect()
+            await self.connect()
         assert self._reader is not None and self._writer is not None
         try:
             self._writer.write(raw)
