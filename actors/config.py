@@ -156,7 +156,12 @@ class DbWorkerConfig:
                 _env("USERHUB_MYSQL_DSN", "mysql://userhub:userhub@127.0.0.1:3307/userhub")
             ),
             pool_wanted=_env_int("USERHUB_DB_POOL_SIZE", 32),
-            hash_threads=_env_int("USERHUB_HASH_THREADS", os.cpu_count() or 2),
+            # One hashing thread per core across the host's db_workers: more only
+            # makes the hashes fight over caches and memory bandwidth.
+            hash_threads=_env_int(
+                "USERHUB_HASH_THREADS",
+                max(1, (os.cpu_count() or 2) // max(1, _env_int("USERHUB_DB_WORKERS", 1))),
+            ),
             hash_queue=_env_int("USERHUB_HASH_QUEUE", 256),
             sessions=SessionPolicy.from_env(),
             mysql_op_timeout_s=_env_float("USERHUB_MYSQL_OP_TIMEOUT_S", 1.5),

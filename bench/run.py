@@ -149,6 +149,10 @@ class Bench:
         login.update(
             max_rps=login_max["achieved_rps"],
             ceiling_per_s=round(ceiling["ceiling_per_s"], 1),
+            parallel_hashing_per_s=round(ceiling["parallel_per_s"], 1),
+            ratio_vs_parallel_hashing=round(
+                float(login_max["achieved_rps"]) / ceiling["parallel_per_s"], 3  # type: ignore[arg-type]
+            ),
             ratio_vs_ceiling=round(
                 float(login_max["achieved_rps"]) / ceiling["ceiling_per_s"],
                 3,  # type: ignore[arg-type]
