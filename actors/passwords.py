@@ -4,8 +4,8 @@ Parameters are OWASP's minimum for argon2id: 19 MiB of memory, two passes, one l
 stored in the PHC string format (``$argon2id$v=19$m=19456,t=2,p=1$...``) so they can
 be raised later: a login with an older hash re-hashes it.
 
-argon2-cffi's C call releases the GIL, so a plain thread pool of one thread per core
-hashes in parallel without the cost and lifecycle of extra processes. An unknown user
+argon2-cffi's C call releases the GIL, so a plain thread pool (one thread per core
+across the host's db_workers, see actors.config) hashes in parallel without the cost and lifecycle of extra processes. An unknown user
 costs the same dummy verify as a wrong password, so timing says nothing about which
 usernames exist.
 """

@@ -186,3 +186,24 @@ async def test_malformed_and_oversized_frames_close_only_that_connection(
     account = await sign_up_and_log_in(http)
     async with http.get("/api/v1/profile", headers=account.auth) as r:
         assert r.status == 200
+
+
+@pytest.mark.parametrize("program", ["db_worker:db_worker_01", "cache_worker:cache_worker_00"])
+async def test_a_graceful_restart_drains_without_failing_a_request(
+    http: aiohttp.ClientSession, tree: Tree, program: str
+) -> None:
+    """SIGTERM (supervisorctl restart): the worker stops taking work, finishes what it
+    has, and callers move to the other worker; nobody sees an error."""
+    kind = program.split(":")[0]
+    old: dict[str, int] = {}
+
+    def restart() -> None:
+        old["pid"] = tree.pid(program)
+        tree.ctl("restart", program)
+
+    result = await load_while(http, restart)
+    assert result.failures == [], result.failures[:5]
+    new_pid = tree.wait_restarted(program, old["pid"])
+    await asyncio.to_thread(wait_until, lambda: worker_back(tree, kind, new_pid), 10, "register")
+    log = (tree.var / "log" / f"{program.split(':')[1]}.log").read_text()
+    assert '"event":"draining"' in log.replace(" ", "")
