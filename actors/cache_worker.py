@@ -101,8 +101,7 @@ class CacheWorker:
     async def _fill(self, token_hash: str, info: messages.SessionInfo) -> None:
         started = time.perf_counter()
         try:
-            await self.cache.fill_session(token_hash, info)
-            await self.cache.put_user(info.user)
+            await self.cache.fill(token_hash, info)
         except CacheUnavailable as exc:
             log.warning("cache_fill_failed", error=str(exc))
         self._write.observe(time.perf_counter() - started)

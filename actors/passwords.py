@@ -5,9 +5,9 @@ stored in the PHC string format (``$argon2id$v=19$m=19456,t=2,p=1$...``) so they
 be raised later: a login with an older hash re-hashes it.
 
 argon2-cffi's C call releases the GIL, so a plain thread pool (one thread per core
-across the host's db_workers, see actors.config) hashes in parallel without the cost and lifecycle of extra processes. An unknown user
-costs the same dummy verify as a wrong password, so timing says nothing about which
-usernames exist.
+across the host's db_workers, see actors.config) hashes in parallel without the cost
+and lifecycle of extra processes. An unknown user costs the same dummy verify as a
+wrong password, so timing says nothing about which usernames exist.
 """
 
 from __future__ import annotations

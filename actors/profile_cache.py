@@ -129,12 +129,26 @@ class ProfileCache:
         except ValueError:
             return None  # not ours: treat as a miss, the fill will fix it
 
-    async def fill_session(self, token_hash: str, info: messages.SessionInfo) -> None:
+    async def fill(self, token_hash: str, info: messages.SessionInfo) -> None:
+        """After a miss: the session (SET NX) and the profile (set-if-newer) in one
+        round trip to Redis."""
         ttl = _session_ttl(info.expires_at, info.idle_timeout_s)
-        if ttl <= 0:
-            return
-        value = f"{info.user.user_id}|{info.expires_at!r}|{info.last_seen!r}"
-        await self._call(lambda: self._redis.set(_skey(token_hash), value, ex=ttl, nx=True))
+        user = info.user
+        session = f"{user.user_id}|{info.expires_at!r}|{info.last_seen!r}"
+        profile = str(user.version).encode() + b"|" + _user_encoder.encode(user)
+
+        async def both() -> Any:
+            pipe = self._redis.pipeline(transaction=False)
+            if ttl > 0:
+                pipe.set(_skey(token_hash), session, ex=ttl, nx=True)
+            await self._set_if_newer(  # queues EVALSHA on the pipeline
+                keys=[_ukey(user.user_id)],
+                args=[profile, user.version, self._profile_ttl_s],
+                client=pipe,
+            )
+            return await pipe.execute()
+
+        await self._call(both)
 
     async def note_touch(self, token_hash: str, session: CachedSession, idle_s: float) -> None:
         ttl = _session_ttl(session.expires_at, idle_s)
