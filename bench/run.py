@@ -87,7 +87,7 @@ class Bench:
     def run(self) -> dict[str, object]:
         a = self.args
         report: dict[str, object] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        report["settings"] = {k: v for k, v in vars(a).items()}
+        report["settings"] = {k: v for k, v in vars(a).items() if k != "out"}
         report["machine"] = {"cores": os.cpu_count()}
         dsn = MysqlDsn.parse(os.environ["USERHUB_MYSQL_DSN"])
         if not a.skip_load:
