@@ -65,12 +65,8 @@ class CacheWorker:
     async def _get_profile(self, token_hash: str, request: rpc.Request) -> messages.Profile:
         started = time.perf_counter()
         try:
-            session = await self.cache.get_session(token_hash, self._idle_s)
-            if session == REVOKED:
-                raise Unauthenticated("not logged in or the session has ended")
-            if isinstance(session, CachedSession):
-                if time.time() >= session.expires_at:
-                    raise Unauthenticated("the session has expired")
+            session = await self._cached_session(token_hash)
+            if session is not None:
                 user = await self.cache.get_user(session.user_id)
                 if user is not None:
                     self._hits.inc()
@@ -124,16 +120,23 @@ class CacheWorker:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _session_user(self, token_hash: str, request: rpc.Request) -> int:
-        try:
-            session = await self.cache.get_session(token_hash, self._idle_s)
-        except CacheUnavailable:
-            session = None
+    async def _cached_session(self, token_hash: str) -> CachedSession | None:
+        """The session Redis holds (None on a miss); a revoked or expired one is refused."""
+        session = await self.cache.get_session(token_hash, self._idle_s)
         if session == REVOKED:
             raise Unauthenticated("not logged in or the session has ended")
         if isinstance(session, CachedSession):
             if time.time() >= session.expires_at:
                 raise Unauthenticated("the session has expired")
+            return session
+        return None
+
+    async def _session_user(self, token_hash: str, request: rpc.Request) -> int:
+        try:
+            session = await self._cached_session(token_hash)
+        except CacheUnavailable:
+            session = None
+        if session is not None:
             return session.user_id
         return (await self._resolve(token_hash, request)).user.user_id
 

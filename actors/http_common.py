@@ -180,11 +180,16 @@ def token_hash_of(request: web.Request, secure: bool) -> str:
     return token_hash
 
 
+def avatar_url(user: messages.User) -> str | None:
+    """Where a user's picture is served, if they have one."""
+    return f"/avatars/{user.avatar_key}" if user.avatar_key else None
+
+
 def profile_json(user: messages.User) -> dict[str, Any]:
     return {
         "username": user.username,
         "nickname": user.nickname,
-        "avatar_url": f"/avatars/{user.avatar_key}" if user.avatar_key else None,
+        "avatar_url": avatar_url(user),
         "member_since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(user.created_at)),
     }
 

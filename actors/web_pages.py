@@ -36,7 +36,7 @@ from actors.errors import (
     UnsupportedMediaType,
     UserhubError,
 )
-from actors.http_common import session_cookie_name
+from actors.http_common import avatar_url, session_cookie_name
 from actors.web_render import Renderer, redirect
 
 RENDERER = web.AppKey("page_renderer", Renderer)
@@ -234,7 +234,7 @@ def profile_response(
         status=status,
         errors=errors,
         user=user,
-        avatar_url=f"/avatars/{user.avatar_key}" if user.avatar_key else None,
+        avatar_url=avatar_url(user),
         nickname_value=user.nickname if nickname_value is None else nickname_value,
     )
 

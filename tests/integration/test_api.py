@@ -9,16 +9,9 @@ import pytest
 from PIL import Image
 
 from tests.integration.conftest import Account, sign_up_and_log_in, unique_name
+from tests.integration.pages import png_bytes
 
 pytestmark = pytest.mark.integration
-
-
-def png_bytes(
-    size: tuple[int, int] = (320, 240), color: tuple[int, int, int] = (10, 120, 200)
-) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
 
 
 async def error_code(r: aiohttp.ClientResponse) -> str:
