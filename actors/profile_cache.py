@@ -94,24 +94,10 @@ class ProfileCache:
         self._dirty_sessions: dict[str, int] = {}  # token hash -> tombstone TTL
         self.trips = 0
 
-    @property
-    def available(self) -> bool:
-        return not self._open
-
-    @property
-    def dirty(self) -> int:
-        return len(self._dirty_users) + len(self._dirty_sessions)
-
     async def close(self) -> None:
         if self._prober is not None:
             self._prober.cancel()
         await self._redis.aclose()
-
-    async def ping(self) -> bool:
-        try:
-            return bool(await self._redis.ping())
-        except (RedisError, OSError):
-            return False
 
     # -- sessions ---------------------------------------------------------------------
 
