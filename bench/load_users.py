@@ -34,7 +34,7 @@ from bench.scenarios import BENCH_PASSWORD, TOKENS_FILE, bench_token, username_o
 _HASHES = 4
 
 
-def connect(dsn: MysqlDsn) -> pymysql.Connection:  # type: ignore[type-arg]
+def connect(dsn: MysqlDsn) -> pymysql.Connection:
     return pymysql.connect(
         host=dsn.host, port=dsn.port, user=dsn.user, password=dsn.password,
         database=dsn.database, local_infile=True, autocommit=True, connect_timeout=5,
