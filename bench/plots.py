@@ -92,7 +92,10 @@ def _nice_step(raw: float) -> float:
 
 def _log_ticks(lo: float, hi: float) -> list[float]:
     decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-    mantissas = (1,) if math.log10(hi / lo) > 3.5 else (1, 2, 5)
+    span = math.log10(hi / lo)
+    mantissas: tuple[float, ...] = (1, 2, 5) if span <= 3.5 else (1,)
+    if span < 1.2:  # less than a decade: finer steps, or two ticks would be all
+        mantissas = (1, 1.5, 2, 3, 4, 5, 7)
     return [m * 10.0**d for d in decades for m in mantissas if lo <= m * 10.0**d <= hi]
 
 

@@ -111,3 +111,7 @@ def test_the_benchmark_charts_are_written_for_the_sweeps_there_are(tmp_path: Pat
         with Image.open(tmp_path / name) as img:
             assert img.format == "PNG"
     assert plots.write_plots({"pool_size": [{"error": "x"}]}, tmp_path / "none") == []
+
+
+def test_a_narrow_log_axis_gets_finer_ticks() -> None:
+    assert Axis([3.0, 9.5], log=True).ticks == [3.0, 4.0, 5.0, 7.0, 10.0]
