@@ -37,6 +37,34 @@ log = structlog.get_logger("rpc")
 _MAX_ABANDONED = 10_000
 
 
+class _CoalescingWriter:
+    """Frames written during one turn of the event loop go out in one system call.
+
+    Under load many calls (or replies) on one connection complete in the same turn;
+    writing each at once costs a send() and, on the other side, a wake-up per frame.
+    Holding them until the end of the turn (``call_soon``) adds no waiting of its
+    own and turns N sends into one.
+    """
+
+    __slots__ = ("_chunks", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._chunks: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not self._chunks:
+            self._loop.call_soon(self._flush)
+        self._chunks.append(data)
+
+    def _flush(self) -> None:
+        chunks, self._chunks = self._chunks, []
+        if self._transport.is_closing():
+            return  # the peer has gone; never write to a dead connection
+        self._transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+
 class Connection(asyncio.Protocol):
     """Client side of one multiplexed connection to a worker or the pool manager."""
 
@@ -45,6 +73,7 @@ class Connection(asyncio.Protocol):
         self._decoder = protocol.FrameDecoder(max_frame)
         self._max_frame = max_frame
         self._transport: asyncio.Transport | None = None
+        self._writer: _CoalescingWriter | None = None
         self._pending: dict[int, asyncio.Future[Message]] = {}
         # Ids of calls we stopped waiting for, oldest first; a late reply to one is
         # dropped. Servers never answer work past its deadline, so most ids are never
@@ -113,6 +142,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._writer = _CoalescingWriter(self._transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail_all(f"connection lost ({exc!r})" if exc else "peer closed the connection")
@@ -159,19 +189,24 @@ class Connection(asyncio.Protocol):
             trace_id=trace_id,
             max_frame=self._max_frame,
         )
-        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Message] = loop.create_future()
         self._pending[call_id] = fut
-        assert self._transport is not None
-        self._transport.write(frame)
+        assert self._writer is not None
+        self._writer.write(frame)
+        # A timer on the future itself: a fraction of asyncio.timeout()'s cost, and
+        # this runs for every call a gateway or cache worker makes.
+        timer = loop.call_later(remaining, _expire, fut)
         try:
-            async with asyncio.timeout(remaining):
-                reply = await fut
-        except TimeoutError:
+            reply = await fut
+        except DeadlineExceeded:
             self._abandon(call_id)
             raise DeadlineExceeded(f"{self.peer} did not answer in time") from None
         except asyncio.CancelledError:
             self._abandon(call_id)
             raise
+        finally:
+            timer.cancel()
         if isinstance(reply, messages.Error):
             protocol.raise_error(reply)
         return reply
@@ -181,6 +216,11 @@ class Connection(asyncio.Protocol):
             self._abandoned[call_id] = True
             while len(self._abandoned) > _MAX_ABANDONED:
                 self._abandoned.popitem(last=False)
+
+
+def _expire(fut: asyncio.Future[Message]) -> None:
+    if not fut.done():
+        fut.set_exception(DeadlineExceeded("deadline passed"))
 
 
 # -- server -------------------------------------------------------------------------------
@@ -232,6 +272,7 @@ class _ServerConnection(asyncio.Protocol):
         self._registry = registry
         self._on_close = on_close
         self._transport: asyncio.Transport | None = None
+        self._writer: _CoalescingWriter | None = None
         self._peer = "?"
         self._counted = False
 
@@ -241,10 +282,13 @@ class _ServerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._writer = _CoalescingWriter(self._transport)
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         if self._stats.connections >= self._stats.max_connections or self._stats.draining:
             # Over the limit: say why on call id 0 and hang up.
+            # Written at once (no coalescing): the close right after would drop it.
+            self._writer = None
             self._send(0, time.time() + 1, "", protocol.error_message(Busy("too many connections")))
             transport.close()
             return
@@ -353,7 +397,7 @@ class _ServerConnection(asyncio.Protocol):
                 trace_id=trace_id,
                 response=True,
             )
-        transport.write(data)
+        (self._writer or transport).write(data)
 
 
 class Server:
