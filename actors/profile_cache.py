@@ -39,11 +39,12 @@ import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors import messages
 from actors.errors import CacheUnavailable
+from actors.redis_fast import FastRedis
 
 log = structlog.get_logger("profile_cache")
 
@@ -88,6 +89,12 @@ class ProfileCache:
         )
         self._profile_ttl_s = profile_ttl_s
         self._set_if_newer = self._redis.register_script(_SET_IF_NEWER)
+        # The two hot reads (a session, then its profile) take a leaner path than
+        # redis-py's client (actors/redis_fast.py); TLS or socket URLs keep redis-py.
+        try:
+            self._fast: FastRedis | None = FastRedis(url, connections=2, timeout=1.0)
+        except ValueError:
+            self._fast = None
         self._open = False  # the breaker: True while Redis is considered down
         self._prober: asyncio.Task[None] | None = None
         self._dirty_users: dict[int, None] = {}  # insertion-ordered: oldest first
@@ -97,6 +104,8 @@ class ProfileCache:
     async def close(self) -> None:
         if self._prober is not None:
             self._prober.cancel()
+        if self._fast is not None:
+            self._fast.close()
         await self._redis.aclose()
 
     # -- sessions ---------------------------------------------------------------------
@@ -104,7 +113,7 @@ class ProfileCache:
     async def get_session(self, token_hash: str, idle_s: float) -> CachedSession | bytes | None:
         """The cached session (sliding its idle TTL), None on a miss, REVOKED if logged out."""
         ttl = max(1, int(idle_s))
-        raw = await self._call(lambda: self._redis.getex(_skey(token_hash), ex=ttl))
+        raw = await self._call(lambda: self._read("GETEX", _skey(token_hash), "EX", ttl))
         if raw is None:
             return None
         if raw == REVOKED:
@@ -124,6 +133,14 @@ class ProfileCache:
         profile = str(user.version).encode() + b"|" + _user_encoder.encode(user)
 
         async def both() -> Any:
+            if self._fast is not None:
+                # Both commands in flight at once: one round trip, as a pipeline.
+                writes = [self._put_profile(user.user_id, profile, user.version)]
+                if ttl > 0:
+                    writes.append(
+                        self._fast.execute("SET", _skey(token_hash), session, "EX", ttl, "NX")
+                    )
+                return await asyncio.gather(*writes)
             pipe = self._redis.pipeline(transaction=False)
             if ttl > 0:
                 pipe.set(_skey(token_hash), session, ex=ttl, nx=True)
@@ -154,7 +171,7 @@ class ProfileCache:
     # -- profiles -----------------------------------------------------------------------
 
     async def get_user(self, user_id: int) -> messages.User | None:
-        raw = await self._call(lambda: self._redis.get(_ukey(user_id)))
+        raw = await self._call(lambda: self._read("GET", _ukey(user_id)))
         if raw is None:
             return None
         _, _, body = raw.partition(b"|")
@@ -167,16 +184,31 @@ class ProfileCache:
         """Store ``user`` unless the cache already holds this version or a newer one."""
         value = str(user.version).encode() + b"|" + _user_encoder.encode(user)
         try:
-            done = await self._call(
-                lambda: self._set_if_newer(
-                    keys=[_ukey(user.user_id)], args=[value, user.version, self._profile_ttl_s]
-                )
-            )
+            done = await self._call(lambda: self._put_profile(user.user_id, value, user.version))
         except CacheUnavailable:
             # Redis may still hold an older copy (a cut, not a restart): repair it later.
             _remember(self._dirty_users, user.user_id, None)
             raise
         return bool(done)
+
+    async def _put_profile(self, user_id: int, value: bytes, version: int) -> Any:
+        """The set-if-newer script, by its hash on the fast path; redis-py loads it
+        into a Redis that does not know it yet (a fresh start, a flushed cache)."""
+        key, ttl = _ukey(user_id), self._profile_ttl_s
+        if self._fast is not None:
+            try:
+                return await self._fast.execute(
+                    "EVALSHA", self._set_if_newer.sha, 1, key, value, version, ttl
+                )
+            except ResponseError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+        return await self._set_if_newer(keys=[key], args=[value, version, ttl])
+
+    def _read(self, *args: Any) -> Awaitable[Any]:
+        if self._fast is not None:
+            return self._fast.execute(*args)
+        return self._redis.execute_command(*args)  # type: ignore[no-untyped-call]
 
     # -- the breaker ----------------------------------------------------------------------
 
