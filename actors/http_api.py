@@ -28,6 +28,7 @@ from actors.errors import (
 from actors.http_common import (
     REQUEST_ID,
     idempotency_key,
+    json_response,
     profile_json,
     read_json,
     session_cookie_name,
@@ -58,9 +59,7 @@ class Services:
     async def call_db(self, request: web.Request, message: messages.Message) -> messages.Message:
         return await self.db.call(message, deadline=self.deadline(), trace_id=request[REQUEST_ID])
 
-    async def call_cache(
-        self, request: web.Request, message: messages.Message
-    ) -> messages.Message:
+    async def call_cache(self, request: web.Request, message: messages.Message) -> messages.Message:
         return await self.cache.call(
             message, deadline=self.deadline(), trace_id=request[REQUEST_ID]
         )
@@ -218,14 +217,14 @@ async def sign_up(request: web.Request) -> web.Response:
     user = await services.sign_up(
         request, body.get("username"), body.get("password"), body.get("nickname")
     )
-    return web.json_response(profile_json(user), status=201)
+    return json_response(profile_json(user), status=201)
 
 
 async def log_in(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     body = await read_json(request)
     result = await services.log_in(request, body.get("username"), body.get("password"))
-    response = web.json_response(
+    response = json_response(
         {
             "token": result.token,
             "user": profile_json(result.user),
@@ -240,7 +239,7 @@ async def log_in(request: web.Request) -> web.Response:
 async def get_profile(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     token_hash = token_hash_of(request, services.config.secure_cookies)
-    return web.json_response(profile_json(await services.profile(request, token_hash)))
+    return json_response(profile_json(await services.profile(request, token_hash)))
 
 
 async def put_nickname(request: web.Request) -> web.Response:
@@ -249,7 +248,7 @@ async def put_nickname(request: web.Request) -> web.Response:
     body = await read_json(request)
     nickname = validation.normalize_nickname(body.get("nickname"))
     user = await services.change(request, token_hash, nickname=nickname)
-    return web.json_response(profile_json(user))
+    return json_response(profile_json(user))
 
 
 async def put_avatar(request: web.Request) -> web.Response:
@@ -257,7 +256,7 @@ async def put_avatar(request: web.Request) -> web.Response:
     token_hash = token_hash_of(request, services.config.secure_cookies)
     key = await services.store_avatar(await read_avatar_field(request))
     user = await services.change(request, token_hash, avatar_key=key)
-    return web.json_response(profile_json(user))
+    return json_response(profile_json(user))
 
 
 async def log_out(request: web.Request) -> web.Response:
