@@ -70,7 +70,7 @@ class DbWorker:
             )
         if isinstance(msg, messages.TouchSession):
             _check_hash(msg.token_hash)
-            await self._store().touch_session(msg.token_hash)
+            self._store().touch_later(msg.token_hash)  # batched: see UserStore.touch_later
             return messages.Ack()
         if isinstance(msg, messages.EndSession):
             _check_hash(msg.token_hash)

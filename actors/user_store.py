@@ -18,27 +18,51 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiomysql
+import msgspec
 import pymysql
 import structlog
 
 from actors import messages, metrics
 from actors.config import MysqlDsn, SessionPolicy
-from actors.errors import DatabaseUnavailable, PoolExhausted, Unauthenticated, UsernameTaken
+from actors.errors import (
+    DatabaseUnavailable,
+    PoolExhausted,
+    Unauthenticated,
+    UserhubError,
+    UsernameTaken,
+)
 
 log = structlog.get_logger("user_store")
 
 _USER_COLUMNS = "u.id, u.username, u.nickname, u.avatar_key, u.created_at, u.version"
+# The hot reads ask for one JSON array instead of eight columns: the client parses a
+# column descriptor per column of every result in pure Python, and one column cut
+# its CPU per query from about 120 us to 75 us here (msgspec decodes the array).
+_ROW_DECODER = msgspec.json.Decoder(list[Any])
+
+
+def _json_row(*columns: str) -> str:
+    return "JSON_ARRAY(" + ", ".join(columns) + ")"
+
+
+_USER_JSON_COLUMNS = tuple(c.strip() for c in _USER_COLUMNS.split(","))
 _DUPLICATE_KEY = 1062
+# Session touches (see UserStore.touch_later): how often they are written, how many
+# per statement, how many may wait.
+TOUCH_EVERY_S = 0.2
+TOUCH_BATCH = 500
+MAX_PENDING_TOUCHES = 50_000
 
 
-def _user(row: tuple[Any, ...]) -> messages.User:
+def _user(row: Sequence[Any]) -> messages.User:
     return messages.User(
         user_id=int(row[0]),
         username=row[1],
@@ -73,6 +97,8 @@ class UserStore:
         self._gate = asyncio.Semaphore(self.size)
         self._acquire_timeout_s = acquire_timeout_s
         self._pool: aiomysql.Pool | None = None
+        self._touches: dict[str, None] = {}  # token hashes waiting to be touched, oldest first
+        self._touch_task: asyncio.Task[None] | None = None
         self._in_use = metrics.POOL_IN_USE.labels("db_worker", "mysql")
         self._waiting = metrics.WAITING_REQUESTS.labels("db_worker", "mysql")
         metrics.POOL_SIZE.labels("db_worker", "mysql").set(self.size)
@@ -102,6 +128,13 @@ class UserStore:
         return self._pool is not None
 
     async def close(self) -> None:
+        if self._touch_task is not None:
+            self._touch_task.cancel()
+        if self._touches and self._pool is not None:
+            try:
+                await self._write_touches(list(self._touches))
+            except UserhubError as exc:
+                log.warning("touch_failed", sessions=len(self._touches), error=exc.code)
         if self._pool is not None:
             self._pool.close()
             await self._pool.wait_closed()
@@ -220,12 +253,15 @@ class UserStore:
         async with self._connection("get_user") as conn:
             cur = await conn.cursor()
             await cur.execute(
-                "SELECT " + _USER_COLUMNS + ", u.password_hash FROM users u WHERE u.username = %s",
+                "SELECT "
+                + _json_row(*_USER_JSON_COLUMNS, "u.password_hash")
+                + " FROM users u WHERE u.username = %s",
                 (username,),
             )
-            row = await cur.fetchone()
-        if row is None:
+            found = await cur.fetchone()
+        if found is None:
             return None
+        row = _ROW_DECODER.decode(found[0])
         return _user(row), row[6]
 
     async def replace_password_hash(self, user_id: int, password_hash: str) -> None:
@@ -278,9 +314,7 @@ class UserStore:
 
     # -- sessions -----------------------------------------------------------------------
 
-    async def create_session(
-        self, token_hash: str, user_id: int, policy: SessionPolicy
-    ) -> float:
+    async def create_session(self, token_hash: str, user_id: int, policy: SessionPolicy) -> float:
         now = time.time()
         expires_at = now + policy.absolute_timeout_s
         async with self._connection("session_write") as conn:
@@ -297,19 +331,22 @@ class UserStore:
         async with self._connection("get_user") as conn:
             cur = await conn.cursor()
             await cur.execute(
-                "SELECT " + _USER_COLUMNS + ", s.expires_at, s.last_seen FROM sessions s"
-                " JOIN users u ON u.id = s.user_id WHERE s.token_hash = UNHEX(%s)",
+                "SELECT "
+                + _json_row(*_USER_JSON_COLUMNS, "s.expires_at", "s.last_seen")
+                + " FROM sessions s JOIN users u ON u.id = s.user_id"
+                " WHERE s.token_hash = UNHEX(%s)",
                 (token_hash,),
             )
-            row = await cur.fetchone()
-        if row is None:
+            found = await cur.fetchone()
+        if found is None:
             raise Unauthenticated("not logged in or the session has ended")
+        row = _ROW_DECODER.decode(found[0])
         expires_at, last_seen = float(row[6]), float(row[7])
         if now >= expires_at or now >= last_seen + policy.idle_timeout_s:
             await self.end_session(token_hash)
             raise Unauthenticated("the session has expired")
         if now - last_seen >= policy.touch_interval_s:
-            await self.touch_session(token_hash)
+            self.touch_later(token_hash)
             last_seen = now
         return messages.SessionInfo(
             user=_user(row),
@@ -318,22 +355,51 @@ class UserStore:
             idle_timeout_s=policy.idle_timeout_s,
         )
 
-    async def touch_session(self, token_hash: str) -> None:
+    def touch_later(self, token_hash: str) -> None:
+        """Slide a session's idle expiry in MySQL soon, in a batch, without waiting.
+
+        A touch is an UPDATE and a commit (a log flush) that nobody waits for: doing
+        it inline put a disk flush on every uncached profile read of a session last
+        seen more than a touch interval ago. Batched, one statement and one commit
+        cover every session touched in TOUCH_EVERY_S. A touch lost to a crash or a
+        failing MySQL only means the next read touches again; past MAX_PENDING_TOUCHES
+        new touches are dropped rather than held without bound.
+        """
+        if token_hash in self._touches:
+            return
+        if len(self._touches) >= MAX_PENDING_TOUCHES:
+            log.warning("touches_dropped", pending=len(self._touches))
+            return
+        self._touches[token_hash] = None
+        if self._touch_task is None or self._touch_task.done():
+            self._touch_task = asyncio.get_running_loop().create_task(self._touch_soon())
+
+    async def _touch_soon(self) -> None:
+        await asyncio.sleep(TOUCH_EVERY_S)
+        while self._touches:
+            batch = list(itertools.islice(self._touches, TOUCH_BATCH))
+            try:
+                await self._write_touches(batch)
+            except UserhubError as exc:
+                log.warning("touch_failed", sessions=len(batch), error=exc.code)
+            for token_hash in batch:
+                self._touches.pop(token_hash, None)
+
+    async def _write_touches(self, token_hashes: list[str]) -> None:
         now = time.time()
+        marks = ",".join(["UNHEX(%s)"] * len(token_hashes))
         async with self._connection("session_write") as conn:
             cur = await conn.cursor()
             await cur.execute(
                 "UPDATE sessions SET last_seen = %s"
-                " WHERE token_hash = UNHEX(%s) AND expires_at > %s",
-                (now, token_hash, now),
+                f" WHERE token_hash IN ({marks}) AND expires_at > %s",
+                (now, *token_hashes, now),
             )
 
     async def end_session(self, token_hash: str) -> None:
         async with self._connection("session_delete") as conn:
             cur = await conn.cursor()
-            await cur.execute(
-                "DELETE FROM sessions WHERE token_hash = UNHEX(%s)", (token_hash,)
-            )
+            await cur.execute("DELETE FROM sessions WHERE token_hash = UNHEX(%s)", (token_hash,))
 
     async def purge(self, policy: SessionPolicy, keep_writes_s: float = 86400) -> int:
         """Delete expired sessions and old idempotency records, a bounded batch at a time."""
