@@ -77,7 +77,7 @@ def document() -> dict[str, Any]:
             "title": "userhub",
             "version": "1",
             "description": "Sign up, log in, read and change a profile, upload a picture, "
-            "log out. Errors are JSON `{\"error\": {\"code\", \"message\", \"field\"?}}` "
+            'log out. Errors are JSON `{"error": {"code", "message", "field"?}}` '
             "with stable codes; every answer carries `X-Request-ID`.",
         },
         "paths": {
