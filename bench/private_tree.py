@@ -126,6 +126,7 @@ class PrivateTree:
     supervisord: subprocess.Popen[bytes] | None = None
     child_pids: list[int] = field(default_factory=list)
     ready_seconds: float = math.nan
+    stop_seconds: float = math.nan
 
     @property
     def http(self) -> tuple[str, int]:
@@ -208,6 +209,7 @@ class PrivateTree:
         proc = self.supervisord
         if proc is None:
             return
+        started = time.monotonic()
         clean = True
         if proc.poll() is None:
             try:
@@ -229,6 +231,7 @@ class PrivateTree:
                 if self._ours(pid):
                     os.killpg(pid, signal.SIGKILL)
         self.supervisord = None
+        self.stop_seconds = round(time.monotonic() - started, 2)
 
     def _ours(self, pid: int) -> bool:
         """Still alive and still this tree's (a pid may have been reused since)."""

@@ -143,7 +143,7 @@ def sweep_lines(sw: dict[str, Any], plots: list[str]) -> list[str]:
         rows.append(
             [
                 *head,
-                p["ready_s"],
+                f"{p['ready_s']} / {p.get('stop_s', '')}",
                 f"{conns['at_ready']} / {conns['after_load']}",
                 ca["p50_ms"],
                 ca["p99_ms"],
@@ -162,7 +162,7 @@ def sweep_lines(sw: dict[str, Any], plots: list[str]) -> list[str]:
             "",
             *_table(
                 [
-                    "pool", "per db_worker", "ready s", "MySQL connections",
+                    "pool", "per db_worker", "ready / stop s", "MySQL connections",
                     "cached p50 ms", "cached p99 ms", "uncached p50 ms", "uncached p99 ms",
                     "errors", "uncached max req/s",
                 ],
@@ -185,7 +185,7 @@ def sweep_lines(sw: dict[str, Any], plots: list[str]) -> list[str]:
                 un["max_rps"],
                 un["p99_ms"],
                 ca["errors"] + un["errors"],
-                p["ready_s"],
+                f"{p['ready_s']} / {p.get('stop_s', '')}",
             ]
         )
     if rows:
@@ -196,7 +196,7 @@ def sweep_lines(sw: dict[str, Any], plots: list[str]) -> list[str]:
                 [
                     "gateways", "cache_workers", "db_workers", "cached max req/s",
                     f"cached p99 ms at {st['rate']:g}", "uncached max req/s",
-                    f"uncached p99 ms at {st['rate']:g}", "errors", "ready s",
+                    f"uncached p99 ms at {st['rate']:g}", "errors", "ready / stop s",
                 ],
                 rows,
             ),

@@ -28,7 +28,7 @@ import pymysql
 
 from actors.config import MysqlDsn
 from bench import loadgen, stages
-from bench.private_tree import Shape, private_tree
+from bench.private_tree import PrivateTree, Shape, private_tree
 
 # Shapes are (gateways, cache_workers, db_workers).
 FULL_POOLS = (50, 200, 500, 1000, 2000, 4000)
@@ -99,33 +99,28 @@ class Phases:
         return out
 
 
-def _threads_connected(dsn: MysqlDsn) -> int:
-    """Connections MariaDB has open now (every client's, the main tree's included)."""
+def _mysql_int(dsn: MysqlDsn, sql: str, column: int = 0) -> int:
     conn = pymysql.connect(
         host=dsn.host, port=dsn.port, user=dsn.user, password=dsn.password,
         database=dsn.database, connect_timeout=5,
     )  # fmt: skip
     try:
         with conn.cursor() as cur:
-            cur.execute("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
+            cur.execute(sql)
             row = cur.fetchone()
-            return int(row[1]) - 1 if row else -1  # not counting this one
+            return int(row[column]) if row else -1
     finally:
         conn.close()
+
+
+def _threads_connected(dsn: MysqlDsn) -> int:
+    """Connections MariaDB has open now (every client's, the main tree's included)."""
+    # minus the one asking
+    return _mysql_int(dsn, "SHOW GLOBAL STATUS LIKE 'Threads_connected'", 1) - 1
 
 
 def max_connections(dsn: MysqlDsn) -> int:
-    conn = pymysql.connect(
-        host=dsn.host, port=dsn.port, user=dsn.user, password=dsn.password,
-        database=dsn.database, connect_timeout=5,
-    )  # fmt: skip
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT @@max_connections")
-            row = cur.fetchone()
-            return int(row[0]) if row else -1
-    finally:
-        conn.close()
+    return _mysql_int(dsn, "SELECT @@max_connections")
 
 
 def run_point(
@@ -140,6 +135,7 @@ def run_point(
     point: dict[str, Any] = {"settings": shape.settings()}
     threads_before = _threads_connected(dsn)
     started = time.monotonic()
+    tree: PrivateTree | None = None
     try:
         with private_tree(shape) as tree:
             granted = tree.workers().mysql_granted
@@ -169,6 +165,8 @@ def run_point(
             }
     except Exception as exc:  # a point that fails is reported; the sweep goes on
         point["error"] = f"{type(exc).__name__}: {exc}"
+    if tree is not None:
+        point["stop_s"] = tree.stop_seconds
     point["seconds"] = round(time.monotonic() - started, 1)
     return point
 

@@ -56,6 +56,7 @@ def check_sweeps(report: dict[str, Any], markdown: str, out: Path) -> None:
         settings = point["settings"]
         assert settings["mysql_budget"] == settings["pool_size"]
         assert point["mysql_granted"] == settings["pool_size"]
+        assert {"ready_s", "stop_s", "mysql_connections"} <= set(point)
         for name in ("profile_cached", "profile_uncached"):
             phase = point["scenarios"][name]
             for key in ("rate", "p50_ms", "p99_ms", "errors", "stages"):
