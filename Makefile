@@ -18,7 +18,7 @@ unit:
 	@.venv/bin/pytest -q tests/unit
 
 lint:
-	@.venv/bin/ruff check actors tests chaos fuzz
+	@.venv/bin/ruff check actors bench tests chaos fuzz
 	@.venv/bin/mypy
 
 # Kill actors under load against the tree `make run` started; report in chaos/results/.
@@ -31,7 +31,7 @@ chaos:
 bench:
 	@bash -c '. scripts/env.sh && .venv/bin/python -m bench.run'
 
-# The same on small data with short phases (under a minute); make test runs it too.
+# The same on small data with short phases and a tiny sweep (about two minutes); make test runs it too.
 bench-quick:
 	@bash -c '. scripts/env.sh && .venv/bin/python -m bench.run --quick --out bench/results/quick'
 
