@@ -65,9 +65,9 @@ class CacheWorker:
     async def _get_profile(self, token_hash: str, request: rpc.Request) -> messages.Profile:
         started = time.perf_counter()
         try:
-            session = await self._cached_session(token_hash)
+            found, user = await self.cache.get_session_and_user(token_hash, self._idle_s)
+            session = self._live(found)
             if session is not None:
-                user = await self.cache.get_user(session.user_id)
                 if user is not None:
                     self._hits.inc()
                     self._hit.observe(time.perf_counter() - started)
@@ -122,7 +122,11 @@ class CacheWorker:
 
     async def _cached_session(self, token_hash: str) -> CachedSession | None:
         """The session Redis holds (None on a miss); a revoked or expired one is refused."""
-        session = await self.cache.get_session(token_hash, self._idle_s)
+        return self._live(await self.cache.get_session(token_hash, self._idle_s))
+
+    @staticmethod
+    def _live(session: CachedSession | bytes | None) -> CachedSession | None:
+        """A live cached session, None on a miss; a revoked or expired one is refused."""
         if session == REVOKED:
             raise Unauthenticated("not logged in or the session has ended")
         if isinstance(session, CachedSession):

@@ -64,6 +64,20 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 return 1
 """
 
+# A cached profile read in one round trip: the session (sliding its idle TTL) and,
+# when it names a user, that user's profile. It reads a key it derives from the
+# first (so it needs one Redis, not a Cluster); the two-command path is kept for
+# when the script cannot run.
+_READ_PROFILE = """
+local s = redis.call('GETEX', KEYS[1], 'EX', ARGV[1])
+if not s then return {} end
+local uid = string.match(s, '^(%d+)|')
+if not uid then return {s} end
+local p = redis.call('GET', ARGV[2] .. uid)
+if not p then return {s} end
+return {s, p}
+"""
+
 _user_encoder = msgspec.json.Encoder()
 _user_decoder = msgspec.json.Decoder(messages.User)
 
@@ -89,6 +103,7 @@ class ProfileCache:
         )
         self._profile_ttl_s = profile_ttl_s
         self._set_if_newer = self._redis.register_script(_SET_IF_NEWER)
+        self._read_script = self._redis.register_script(_READ_PROFILE)
         # The two hot reads (a session, then its profile) take a leaner path than
         # redis-py's client (actors/redis_fast.py); TLS or socket URLs keep redis-py.
         try:
@@ -114,15 +129,34 @@ class ProfileCache:
         """The cached session (sliding its idle TTL), None on a miss, REVOKED if logged out."""
         ttl = max(1, int(idle_s))
         raw = await self._call(lambda: self._read("GETEX", _skey(token_hash), "EX", ttl))
-        if raw is None:
-            return None
-        if raw == REVOKED:
-            return REVOKED
+        return _session(raw)
+
+    async def get_session_and_user(
+        self, token_hash: str, idle_s: float
+    ) -> tuple[CachedSession | bytes | None, messages.User | None]:
+        """``get_session`` and, for a live session, ``get_user`` in one round trip."""
+        ttl = max(1, int(idle_s))
+        if self._fast is None:
+            session = await self.get_session(token_hash, idle_s)
+            if not isinstance(session, CachedSession):
+                return session, None
+            return session, await self.get_user(session.user_id)
+        found = await self._call(lambda: self._read_profile(_skey(token_hash), ttl))
+        session = _session(found[0]) if found else None
+        user = _profile(found[1]) if len(found) > 1 else None
+        if not isinstance(session, CachedSession) or (user and user.user_id != session.user_id):
+            return session, None
+        return session, user
+
+    async def _read_profile(self, skey: str, ttl: int) -> list[bytes]:
+        assert self._fast is not None
+        args = (1, skey, ttl, "uh:u:")
         try:
-            user_id, expires_at, last_seen = raw.split(b"|")
-            return CachedSession(int(user_id), float(expires_at), float(last_seen))
-        except ValueError:
-            return None  # not ours: treat as a miss, the fill will fix it
+            return list(await self._fast.execute("EVALSHA", self._read_script.sha, *args))
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return list(await self._read_script(keys=[skey], args=[ttl, "uh:u:"]))
 
     async def fill(self, token_hash: str, info: messages.SessionInfo) -> None:
         """After a miss: the session (SET NX) and the profile (set-if-newer) in one
@@ -171,14 +205,7 @@ class ProfileCache:
     # -- profiles -----------------------------------------------------------------------
 
     async def get_user(self, user_id: int) -> messages.User | None:
-        raw = await self._call(lambda: self._read("GET", _ukey(user_id)))
-        if raw is None:
-            return None
-        _, _, body = raw.partition(b"|")
-        try:
-            return _user_decoder.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return None
+        return _profile(await self._call(lambda: self._read("GET", _ukey(user_id))))
 
     async def put_user(self, user: messages.User) -> bool:
         """Store ``user`` unless the cache already holds this version or a newer one."""
@@ -271,6 +298,28 @@ def _remember(dirty: dict[Any, Any], key: Any, value: Any) -> None:
     if len(dirty) > MAX_DIRTY:
         dirty.pop(next(iter(dirty)))
         log.warning("cache_repair_list_full", bound=MAX_DIRTY)
+
+
+def _session(raw: bytes | None) -> CachedSession | bytes | None:
+    if raw is None:
+        return None
+    if raw == REVOKED:
+        return REVOKED
+    try:
+        user_id, expires_at, last_seen = raw.split(b"|")
+        return CachedSession(int(user_id), float(expires_at), float(last_seen))
+    except ValueError:
+        return None  # not ours: treat as a miss, the fill will fix it
+
+
+def _profile(raw: bytes | None) -> messages.User | None:
+    if raw is None:
+        return None
+    _, _, body = raw.partition(b"|")
+    try:
+        return _user_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def _skey(token_hash: str) -> str:
