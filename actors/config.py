@@ -155,7 +155,7 @@ class DbWorkerConfig:
             mysql=MysqlDsn.parse(
                 _env("USERHUB_MYSQL_DSN", "mysql://userhub:userhub@127.0.0.1:3307/userhub")
             ),
-            pool_wanted=_env_int("USERHUB_DB_POOL_SIZE", 32),
+            pool_wanted=_env_int("USERHUB_DB_POOL_SIZE", 128),
             # One hashing thread per core across the host's db_workers: more only
             # makes the hashes fight over caches and memory bandwidth.
             hash_threads=_env_int(

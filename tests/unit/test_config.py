@@ -154,7 +154,7 @@ def test_manager_defaults_and_overrides(clean_env: pytest.MonkeyPatch) -> None:
 def test_db_worker_defaults(clean_env: pytest.MonkeyPatch) -> None:
     db = DbWorkerConfig.from_env()
     assert db.mysql == MysqlDsn("127.0.0.1", 3307, "userhub", "userhub", "userhub")
-    assert db.pool_wanted == 32
+    assert db.pool_wanted == 128
     assert db.hash_threads >= 1
     assert db.hash_queue == 256
     assert (db.limits.max_connections, db.limits.max_in_flight) == (1024, 2048)
