@@ -1,0 +1,88 @@
+"""redis-py's asyncio client against the cache worker's lean path, in one process.
+
+    python -m bench.redis_paths [--ops 20000]
+
+Why actors/redis_fast.py exists: the same GET, against the same Redis
+(USERHUB_REDIS_URL), one at a time and 64 at once, through redis-py (the baseline)
+and through FastRedis (hiredis on an asyncio Protocol, pipelined). It prints the
+wall and CPU time per command and the ratio of the two paths' CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+import uvloop
+
+from actors.redis_fast import FastRedis
+
+_KEY = "uh:bench:redis_paths"
+
+
+async def _time(
+    get: Callable[[], Awaitable[object]], ops: int, at_once: int
+) -> tuple[float, float]:
+    """Microseconds of wall and CPU time per command."""
+
+    async def worker(n: int) -> None:
+        for _ in range(n):
+            await get()
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(worker(ops // at_once) for _ in range(at_once)))
+    done = (ops // at_once) * at_once
+    return (time.perf_counter() - wall) / done * 1e6, (time.process_time() - cpu) / done * 1e6
+
+
+async def compare(url: str, ops: int) -> list[dict[str, object]]:
+    client = aioredis.Redis.from_url(url, max_connections=64)
+    fast = FastRedis(url, connections=2)
+    await client.set(_KEY, b"1|" + b"x" * 120)
+    rows: list[dict[str, object]] = []
+    try:
+        for at_once in (1, 64):
+            await _time(lambda: client.get(_KEY), ops // 10, at_once)  # warm both paths
+            await _time(lambda: fast.execute("GET", _KEY), ops // 10, at_once)
+            base_wall, base_cpu = await _time(lambda: client.get(_KEY), ops, at_once)
+            lean_wall, lean_cpu = await _time(lambda: fast.execute("GET", _KEY), ops, at_once)
+            rows.append(
+                {
+                    "in_flight": at_once,
+                    "redis_py_wall_us": round(base_wall, 1),
+                    "redis_py_cpu_us": round(base_cpu, 1),
+                    "lean_wall_us": round(lean_wall, 1),
+                    "lean_cpu_us": round(lean_cpu, 1),
+                    "cpu_ratio_lean_vs_redis_py": round(lean_cpu / base_cpu, 3),
+                }
+            )
+    finally:
+        await client.delete(_KEY)
+        fast.close()
+        await client.aclose()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.redis_paths", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--ops", type=int, default=20_000)
+    args = p.parse_args(argv)
+    url = os.environ.get("USERHUB_REDIS_URL", "redis://127.0.0.1:6380/0")
+    for row in uvloop.run(compare(url, max(640, args.ops))):
+        print(
+            f"{row['in_flight']:>3} in flight: redis-py {row['redis_py_cpu_us']} us CPU "
+            f"({row['redis_py_wall_us']} us wall), lean {row['lean_cpu_us']} us CPU "
+            f"({row['lean_wall_us']} us wall): {row['cpu_ratio_lean_vs_redis_py']} x the CPU"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
