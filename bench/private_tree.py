@@ -106,6 +106,11 @@ def tree_env(base: dict[str, str], var: Path, shape: Shape) -> dict[str, str]:
         USERHUB_DB_POOL_SIZE=str(shape.pool_per_db_worker),
         PROMETHEUS_MULTIPROC_DIR=str(var / "metrics"),
     )
+    return env_sh(env)
+
+
+def env_sh(env: dict[str, str]) -> dict[str, str]:
+    """``env`` completed by scripts/env.sh, the one place every default is set."""
     out = subprocess.run(
         ["bash", "-c", ". scripts/env.sh && env -0"],
         cwd=ROOT,

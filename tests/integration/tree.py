@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from actors import messages, rpc
+from bench.private_tree import env_sh
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -63,14 +64,7 @@ def tree_env(var: Path, **overrides: str) -> dict[str, str]:
         USERHUB_DB_POOL_SIZE="8",
     )
     base.update(overrides)
-    out = subprocess.run(
-        ["bash", "-c", ". scripts/env.sh && env -0"],
-        cwd=ROOT,
-        env=base,
-        check=True,
-        capture_output=True,
-    ).stdout
-    return dict(item.split("=", 1) for item in out.decode().split("\0") if "=" in item)
+    return env_sh(base)
 
 
 class Tree:
