@@ -8,7 +8,7 @@ stop:
 	@scripts/stop.sh
 
 status:
-	@.venv/bin/supervisorctl status
+	@.venv/bin/supervisorctl status || true  # spares stay STOPPED until started
 
 test:
 	@scripts/setup.sh --browser

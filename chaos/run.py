@@ -114,11 +114,17 @@ def redis_connections(url: str) -> int:
         client.close()
 
 
+def kind_of(program: str) -> str:
+    """The actor kind of a supervisord program name: spares (``db_worker_spare:...``,
+    started on demand) count as their kind."""
+    return program.split(":")[0].removesuffix("_spare")
+
+
 async def serving_again(target: Target, program: str, old_pid: int, killed_at: float) -> float:
     """Seconds from the kill until the replacement serves: a worker registered and ready
     with the pool manager, a gateway listening on the HTTP port, the pool manager
     answering. (supervisord's RUNNING state comes ``startsecs`` later still.)"""
-    kind = program.split(":")[0]
+    kind = kind_of(program)
     deadline = killed_at + 60
     while time.monotonic() < deadline:
         out = await asyncio.to_thread(target.ctl, "pid", program)
@@ -228,7 +234,7 @@ async def run(
             running = {
                 name: pid
                 for name, (state, pid) in (await asyncio.to_thread(target.processes)).items()
-                if name.split(":")[0] == kind and state == "RUNNING"
+                if kind_of(name) == kind and state == "RUNNING"
             }
             if not running:
                 continue
@@ -269,7 +275,7 @@ async def run(
         "users": users,
         "kills": len(kills),
         "killed": kills,
-        "kinds_killed": sorted({str(k["program"]).split(":")[0] for k in kills}),
+        "kinds_killed": sorted({kind_of(str(k["program"])) for k in kills}),
         "requests": stats.requests,
         "failed_idempotent": stats.failed_idempotent,
         "acknowledged_writes": verdict.acknowledged,

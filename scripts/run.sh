@@ -59,7 +59,7 @@ except urllib.error.HTTPError as exc:
         raise
 PY
 
-"${ctl[@]}" status
+"${ctl[@]}" status || true  # exit code 3: the spares (supervisord.conf) are not started
 cat <<TXT
 
 userhub is up:     $base/
