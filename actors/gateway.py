@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from actors import gc_tuning, http_api, images, logs_setup, metrics, openapi, web_pages
 from actors.config import GatewayConfig
-from actors.http_common import HTTP_IDLE_TIMEOUT_S, observe
+from actors.http_common import HTTP_IDLE_TIMEOUT_S, json_response, observe
 from actors.leasing import ManagerLink, WorkerPool
 from actors.throttle import Limits, LoginThrottle
 
@@ -24,7 +24,7 @@ log = structlog.get_logger("gateway")
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -34,7 +34,7 @@ async def readyz(request: web.Request) -> web.Response:
         "db_workers": services.db.connected_workers,
         "cache_workers": services.cache.connected_workers,
     }
-    return web.json_response(body, status=200 if body["ready"] else 503)
+    return json_response(body, status=200 if body["ready"] else 503)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
