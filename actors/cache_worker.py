@@ -54,6 +54,16 @@ class CacheWorker:
         elif isinstance(msg, messages.Logout):
             _check_hash(msg.token_hash)
             reply = await self._logout(msg.token_hash, request)
+        elif isinstance(msg, messages.ThrottleCheck):
+            if len(msg.keys) != len(msg.limits) or len(msg.keys) > 8:
+                raise InvalidInput("a throttle check needs one limit per key, at most 8 keys")
+            wait_ms, counted = await self.cache.throttle_check(msg.keys, msg.limits)
+            reply = messages.ThrottleVerdict(retry_after_s=-(-wait_ms // 1000), counted=counted)
+        elif isinstance(msg, messages.ThrottleUpdate):
+            if len(msg.failed) + len(msg.cleared) > 8:
+                raise InvalidInput("a throttle update takes at most 8 keys")
+            await self.cache.throttle_update(msg.failed, msg.cleared, msg.window_s)
+            reply = messages.Ack()
         elif isinstance(msg, messages.Ping):
             reply = messages.Pong(kind="cache_worker")
         else:

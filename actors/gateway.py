@@ -18,7 +18,7 @@ from actors import gc_tuning, http_api, images, logs_setup, metrics, openapi, we
 from actors.config import GatewayConfig
 from actors.http_common import HTTP_IDLE_TIMEOUT_S, json_response, observe
 from actors.leasing import ManagerLink, WorkerPool
-from actors.throttle import Limits, LoginThrottle
+from actors.throttle import Limits, LoginThrottle, SharedLoginThrottle
 
 log = structlog.get_logger("gateway")
 
@@ -67,13 +67,16 @@ async def main() -> None:
     cache = WorkerPool(link, "cache_worker", caller="gateway", want=config.cache_leases)
     db.start()
     cache.start()
-    throttle = LoginThrottle(
-        Limits(
-            per_pair=config.login_failures_per_pair,
-            per_address=config.login_failures_per_address,
-            per_account=config.login_failures_per_account,
-            window_s=config.login_window_s,
-        )
+    throttle = SharedLoginThrottle(
+        LoginThrottle(
+            Limits(
+                per_pair=config.login_failures_per_pair,
+                per_address=config.login_failures_per_address,
+                per_account=config.login_failures_per_account,
+                window_s=config.login_window_s,
+            )
+        ),
+        cache,
     )
     services = http_api.Services(
         config=config,

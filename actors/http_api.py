@@ -35,7 +35,7 @@ from actors.http_common import (
     token_hash_of,
 )
 from actors.leasing import WorkerPool
-from actors.throttle import LoginThrottle
+from actors.throttle import SharedLoginThrottle
 
 #: A picture upload must arrive whole within this many seconds.
 UPLOAD_TIMEOUT_S = 60.0
@@ -51,7 +51,7 @@ class Services:
     db: WorkerPool
     cache: WorkerPool
     images: images.LocalImageStore
-    throttle: LoginThrottle
+    throttle: SharedLoginThrottle
 
     def deadline(self) -> float:
         return time.time() + self.config.common.request_timeout_s
@@ -96,16 +96,17 @@ class Services:
             raise InvalidCredentials("wrong username or password")
         address = request.remote or "?"
         account = username.strip().lower()
-        self.throttle.check(account, address)
+        trace_id = request[REQUEST_ID]
+        counted = await self.throttle.check(account, address, trace_id)
         try:
             reply = await self.call_db(
                 request, messages.Login(username=username, password=password)
             )
         except InvalidCredentials:
-            self.throttle.failed(account, address)
+            await self.throttle.failed(account, address, trace_id)
             raise
         assert isinstance(reply, messages.LoginResult)
-        self.throttle.succeeded(account, address)
+        await self.throttle.succeeded(account, address, trace_id, counted)
         return reply
 
     async def profile(self, request: web.Request, token_hash: str) -> messages.User:

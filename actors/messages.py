@@ -219,6 +219,29 @@ class Logout(Message, frozen=True):
     token_hash: str
 
 
+# -- login throttling, shared by every gateway (counted in Redis by a cache_worker) ----
+
+
+class ThrottleCheck(Message, frozen=True):
+    """cache_worker: is any of these failure counters at its limit?"""
+
+    keys: tuple[str, ...]
+    limits: tuple[int, ...]
+
+
+class ThrottleVerdict(Message, frozen=True):
+    retry_after_s: int  # 0: go ahead
+    counted: bool = False  # some key has failures on record (a success should clear)
+
+
+class ThrottleUpdate(Message, frozen=True):
+    """cache_worker: count a failure under ``failed`` keys, forget ``cleared`` ones."""
+
+    failed: tuple[str, ...] = ()
+    cleared: tuple[str, ...] = ()
+    window_s: int = 60
+
+
 # -- the registry of wire codes (never reuse or renumber a code) --------------------
 
 TYPE_CODES: dict[type[Message], int] = {
@@ -251,6 +274,9 @@ TYPE_CODES: dict[type[Message], int] = {
     Profile: 61,
     UpdateProfile: 62,
     Logout: 63,
+    ThrottleCheck: 64,
+    ThrottleVerdict: 65,
+    ThrottleUpdate: 66,
 }
 
 TYPES_BY_CODE: dict[int, type[Message]] = {code: cls for cls, code in TYPE_CODES.items()}

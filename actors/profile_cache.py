@@ -78,6 +78,32 @@ if not p then return {s} end
 return {s, p}
 """
 
+# Login throttling (actors/throttle.py): fixed windows of failures per key.
+_THROTTLE_CHECK = """
+local wait, counted = 0, 0
+for i, key in ipairs(KEYS) do
+  local n = tonumber(redis.call('GET', key) or '0')
+  if n > 0 then counted = 1 end
+  if n >= tonumber(ARGV[i]) then
+    local ttl = redis.call('PTTL', key)
+    if ttl > wait then wait = ttl end
+  end
+end
+return {wait, counted}
+"""
+_THROTTLE_UPDATE = """
+local failed = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  if i <= failed then
+    if redis.call('INCR', key) == 1 then redis.call('PEXPIRE', key, ARGV[2]) end
+  else
+    redis.call('DEL', key)
+  end
+end
+return 1
+"""
+THROTTLE_PREFIX = "uh:t:"
+
 _user_encoder = msgspec.json.Encoder()
 _user_decoder = msgspec.json.Decoder(messages.User)
 
@@ -104,6 +130,8 @@ class ProfileCache:
         self._profile_ttl_s = profile_ttl_s
         self._set_if_newer = self._redis.register_script(_SET_IF_NEWER)
         self._read_script = self._redis.register_script(_READ_PROFILE)
+        self._throttle_check = self._redis.register_script(_THROTTLE_CHECK)
+        self._throttle_update = self._redis.register_script(_THROTTLE_UPDATE)
         # The two hot reads (a session, then its profile) take a leaner path than
         # redis-py's client (actors/redis_fast.py); TLS or socket URLs keep redis-py.
         try:
@@ -236,6 +264,28 @@ class ProfileCache:
         if self._fast is not None:
             return self._fast.execute(*args)
         return self._redis.execute_command(*args)  # type: ignore[no-untyped-call]
+
+    # -- login throttling --------------------------------------------------------------------
+
+    async def throttle_check(
+        self, keys: tuple[str, ...], limits: tuple[int, ...]
+    ) -> tuple[int, bool]:
+        """Milliseconds until every key is under its limit (0: now), and whether any
+        key has failures on record."""
+        found = await self._call(
+            lambda: self._throttle_check(
+                keys=[THROTTLE_PREFIX + k for k in keys], args=list(limits)
+            )
+        )
+        return int(found[0]), bool(int(found[1]))
+
+    async def throttle_update(
+        self, failed: tuple[str, ...], cleared: tuple[str, ...], window_s: int
+    ) -> None:
+        keys = [THROTTLE_PREFIX + k for k in (*failed, *cleared)]
+        await self._call(
+            lambda: self._throttle_update(keys=keys, args=[len(failed), max(1, window_s) * 1000])
+        )
 
     # -- the breaker ----------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from schemathesis.specs.openapi.checks import (
 
 from actors import gateway, http_api, images, openapi
 from actors.config import GatewayConfig
-from actors.throttle import Limits, LoginThrottle
+from actors.throttle import Limits, LoginThrottle, SharedLoginThrottle
 from tests.integration.conftest import API_ANSWERS, sign_up_and_log_in, unique_name
 from tests.integration.tree import Tree
 
@@ -57,7 +57,7 @@ def test_every_api_route_is_documented_and_nothing_else(
         db=cast(Any, None),
         cache=cast(Any, None),
         images=images.LocalImageStore(config.image_dir),
-        throttle=LoginThrottle(Limits(1, 1, 1, 1.0)),
+        throttle=SharedLoginThrottle(LoginThrottle(Limits(1, 1, 1, 1.0)), cast(Any, None)),
     )
     app = gateway.build_app(services)
     routes = {

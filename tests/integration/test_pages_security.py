@@ -5,6 +5,7 @@ Each test names the OWASP ASVS concern it checks; docs/security.md maps them bac
 
 from __future__ import annotations
 
+import asyncio
 import re
 import statistics
 import time
@@ -360,3 +361,22 @@ async def test_bad_uploads_are_refused_by_form_and_api_and_nothing_is_stored(
     token = await page_token(http, "/profile")
     async with http.post("/profile/avatar", data=avatar_form(png_bytes(), token)) as r:
         assert r.status == 200 and "Your new picture has been saved." in await r.text()
+
+
+async def test_failed_logins_count_across_gateway_processes(tree: Tree) -> None:
+    """Two gateway processes share one count: alternating between them buys nothing."""
+    url_a = await asyncio.to_thread(tree.start_gateway)
+    url_b = await asyncio.to_thread(tree.start_gateway)
+    async with (
+        aiohttp.ClientSession(base_url=url_a) as a,
+        aiohttp.ClientSession(base_url=url_b) as b,
+    ):
+        account = await sign_up_and_log_in(a)
+        guess = {"username": account.username, "password": "guess-456"}
+        statuses = []
+        for n in range(6):
+            async with (a if n % 2 == 0 else b).post("/api/v1/login", json=guess) as r:
+                statuses.append(r.status)
+        assert statuses == [401] * 5 + [429], statuses
+        async with a.post("/api/v1/login", json=guess) as r:
+            assert r.status == 429 and int(r.headers["Retry-After"]) >= 1

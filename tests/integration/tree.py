@@ -62,6 +62,9 @@ def tree_env(var: Path, **overrides: str) -> dict[str, str]:
         USERHUB_INNODB_BUFFER_POOL="128M",
         USERHUB_REDIS_MAXMEMORY="256mb",
         USERHUB_DB_POOL_SIZE="8",
+        # Every test client is 127.0.0.1 and the failed-login counts are shared by the
+        # gateways: the per-address limit would otherwise couple unrelated tests.
+        USERHUB_LOGIN_MAX_FAILURES_ADDRESS="10000",
     )
     base.update(overrides)
     return env_sh(base)

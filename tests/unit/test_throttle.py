@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 
-from actors import throttle
-from actors.errors import Throttled
-from actors.throttle import Limits, LoginThrottle
+from actors import messages, throttle
+from actors.errors import NoWorker, Throttled
+from actors.throttle import Limits, LoginThrottle, SharedLoginThrottle
 
 
 class Clock:
@@ -16,6 +18,9 @@ class Clock:
         self.now = 1000.0
 
     def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:  # deadlines of the shared throttle's calls
         return self.now
 
 
@@ -180,3 +185,60 @@ def test_usernames_and_addresses_do_not_collide_across_keys(clock: Clock) -> Non
     t.failed("a", "b:c")
     t.check("a:b", "c")
     t.check("ab", "c")
+
+
+# -- the shared throttle, over a stand-in for the cache_worker pool ----------------------
+
+
+class FakePool:
+    """Answers like a cache_worker would, or fails like an unreachable one."""
+
+    def __init__(self, verdict: messages.ThrottleVerdict | None = None) -> None:
+        self.verdict = verdict
+        self.sent: list[messages.Message] = []
+
+    async def call(self, message: messages.Message, *, deadline: float, trace_id: str):  # type: ignore[no-untyped-def]
+        self.sent.append(message)
+        if self.verdict is None:
+            raise NoWorker("no cache_worker answered")
+        if isinstance(message, messages.ThrottleCheck):
+            return self.verdict
+        return messages.Ack()
+
+
+def shared(pool: FakePool) -> SharedLoginThrottle:
+    return SharedLoginThrottle(LoginThrottle(LIMITS), cast(Any, pool))
+
+
+async def test_the_shared_verdict_decides_while_the_cache_answers() -> None:
+    pool = FakePool(messages.ThrottleVerdict(retry_after_s=42, counted=True))
+    with pytest.raises(Throttled) as caught:
+        await shared(pool).check("ada", "10.0.0.1", "t")
+    assert caught.value.retry_after_s == 42
+    check = pool.sent[0]
+    assert isinstance(check, messages.ThrottleCheck)
+    assert check.limits == (3, 10, 6) and len(check.keys) == 3
+
+
+async def test_failures_are_recorded_in_both_places_and_a_success_clears_only_if_counted() -> None:
+    pool = FakePool(messages.ThrottleVerdict(retry_after_s=0, counted=False))
+    t = shared(pool)
+    assert await t.check("ada", "10.0.0.1", "t") is False
+    await t.failed("ada", "10.0.0.1", "t")
+    update = pool.sent[-1]
+    assert isinstance(update, messages.ThrottleUpdate)
+    assert len(update.failed) == 3 and update.cleared == () and update.window_s == 60
+    await t.succeeded("ada", "10.0.0.1", "t", counted=False)
+    assert pool.sent[-1] is update, "nothing on record: no clearing round trip"
+    await t.succeeded("ada", "10.0.0.1", "t", counted=True)
+    clear = pool.sent[-1]
+    assert isinstance(clear, messages.ThrottleUpdate) and clear.cleared == (update.failed[0],)
+
+
+async def test_without_a_cache_worker_the_local_table_decides(clock: Clock) -> None:
+    t = shared(FakePool(verdict=None))
+    for _ in range(3):
+        assert await t.check("ada", "10.0.0.1", "t") is True
+        await t.failed("ada", "10.0.0.1", "t")  # not recorded remotely: no error either
+    with pytest.raises(Throttled):
+        await t.check("ada", "10.0.0.1", "t")
