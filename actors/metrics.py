@@ -64,6 +64,11 @@ FREE_CONNECTION_SECONDS = Histogram(
     ["caller", "kind"],
     buckets=BUCKETS,
 )
+MYSQL_ACQUIRE_SECONDS = Histogram(
+    "userhub_mysql_acquire_seconds",
+    "Time a db_worker waits for a connection of its MySQL pool (opening one included).",
+    buckets=BUCKETS,
+)
 DB_QUERY_SECONDS = Histogram(
     "userhub_db_query_seconds",
     "MySQL work by stage (get_user, session_write, ...), connection acquire included.",

@@ -100,6 +100,7 @@ class UserStore:
         self._touches: dict[str, None] = {}  # token hashes waiting to be touched, oldest first
         self._touch_task: asyncio.Task[None] | None = None
         self._in_use = metrics.POOL_IN_USE.labels("db_worker", "mysql")
+        self._acquire_seconds = metrics.MYSQL_ACQUIRE_SECONDS
         self._waiting = metrics.WAITING_REQUESTS.labels("db_worker", "mysql")
         metrics.POOL_SIZE.labels("db_worker", "mysql").set(self.size)
 
@@ -172,6 +173,8 @@ class UserStore:
                     # RuntimeError: aiomysql on uvloop, when the peer resets the connection
                     # before the handshake ("Transport does not expose socket instance").
                     raise DatabaseUnavailable(f"cannot reach MySQL: {exc}") from None
+                # The seed's "get connection": the pool's queue plus any new handshake.
+                self._acquire_seconds.observe(time.perf_counter() - started)
                 try:
                     yield conn
                 except pymysql.err.IntegrityError:

@@ -17,6 +17,7 @@ from collections import defaultdict
 STAGES: dict[str, tuple[str, dict[str, str]]] = {
     "round trip (gateway)": ("userhub_http_request_seconds", {}),
     "get connection": ("userhub_get_connection_seconds", {}),
+    "get connection (MySQL pool)": ("userhub_mysql_acquire_seconds", {}),
     "send message": ("userhub_send_message_seconds", {}),
     "free connection": ("userhub_free_connection_seconds", {}),
     "DB get user": ("userhub_db_query_seconds", {"stage": "get_user"}),
