@@ -46,7 +46,7 @@ class LoginThrottle:
     def check(self, username: str, address: str) -> None:
         """Raise Throttled (with Retry-After) if any key is over its limit."""
         now = time.monotonic()
-        for key, limit in self._keys(username, address):
+        for key, limit in self.keys(username, address):
             window_start, count = self._counts.get(key, (now, 0))
             if now - window_start >= self.limits.window_s:
                 continue
@@ -56,7 +56,7 @@ class LoginThrottle:
 
     def failed(self, username: str, address: str) -> None:
         now = time.monotonic()
-        for key, _ in self._keys(username, address):
+        for key, _ in self.keys(username, address):
             window_start, count = self._counts.pop(key, (now, 0))
             if now - window_start >= self.limits.window_s:
                 window_start, count = now, 0
@@ -69,9 +69,6 @@ class LoginThrottle:
 
     def keys(self, username: str, address: str) -> list[tuple[str, int]]:
         """Each counter a login attempt touches, with its limit."""
-        return self._keys(username, address)
-
-    def _keys(self, username: str, address: str) -> list[tuple[str, int]]:
         limits = self.limits
         return [
             (pair_key(username, address), limits.per_pair),
