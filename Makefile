@@ -18,7 +18,7 @@ unit:
 	@.venv/bin/pytest -q tests/unit
 
 lint:
-	@.venv/bin/ruff check actors bench tests chaos fuzz
+	@.venv/bin/ruff check actors tools bench tests chaos fuzz
 	@.venv/bin/mypy
 
 # Kill actors under load against the tree `make run` started; report in chaos/results/.

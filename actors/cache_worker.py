@@ -15,13 +15,15 @@ import time
 
 import structlog
 
-from actors import logs_setup, messages, metrics, rpc, tokens
-from actors.config import CacheWorkerConfig
-from actors.errors import CacheUnavailable, CallerError, InvalidInput, Unauthenticated
-from actors.leasing import ManagerLink, WorkerPool
-from actors.messages import Message
-from actors.profile_cache import REVOKED, CachedSession, ProfileCache
-from actors.worker_runtime import WorkerRuntime
+from actors.cache.profile_cache import REVOKED, CachedSession, ProfileCache
+from actors.rules import tokens
+from actors.runtime import logs, metrics
+from actors.runtime.config import CacheWorkerConfig
+from actors.runtime.leasing import ManagerLink, WorkerPool
+from actors.runtime.worker import WorkerRuntime
+from actors.wire import messages, rpc
+from actors.wire.errors import CacheUnavailable, CallerError, InvalidInput, Unauthenticated
+from actors.wire.messages import Message
 
 log = structlog.get_logger("cache_worker")
 
@@ -201,7 +203,7 @@ def _check_hash(token_hash: str) -> None:
 
 async def main() -> None:
     config = CacheWorkerConfig.from_env()
-    logs_setup.configure("cache_worker", config.common.log_level)
+    logs.configure("cache_worker", config.common.log_level)
     metrics.started("cache_worker")
     cache = ProfileCache(config.redis_url, config.redis_pool_size, config.profile_ttl_s)
     link = ManagerLink(config.common.manager_addr)

@@ -11,13 +11,16 @@ import asyncio
 
 import structlog
 
-from actors import images, logs_setup, messages, metrics, rpc, tokens, validation
-from actors.config import DbWorkerConfig
-from actors.errors import CallerError, DatabaseUnavailable, InvalidCredentials, InvalidInput
-from actors.messages import Message
-from actors.passwords import PasswordHasher
-from actors.user_store import UserStore
-from actors.worker_runtime import WorkerRuntime
+from actors.db.passwords import PasswordHasher
+from actors.db.user_store import UserStore
+from actors.rules import tokens, validation
+from actors.runtime import logs, metrics
+from actors.runtime.config import DbWorkerConfig
+from actors.runtime.worker import WorkerRuntime
+from actors.web import images
+from actors.wire import messages, rpc
+from actors.wire.errors import CallerError, DatabaseUnavailable, InvalidCredentials, InvalidInput
+from actors.wire.messages import Message
 
 log = structlog.get_logger("db_worker")
 
@@ -137,7 +140,7 @@ def _check_hash(token_hash: str) -> None:
 
 async def main() -> None:
     config = DbWorkerConfig.from_env()
-    logs_setup.configure("db_worker", config.common.log_level)
+    logs.configure("db_worker", config.common.log_level)
     metrics.started("db_worker")
     worker = DbWorker(config)
     runtime = WorkerRuntime(

@@ -14,11 +14,12 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from actors import gc_tuning, http_api, images, logs_setup, metrics, openapi, web_pages
-from actors.config import GatewayConfig
-from actors.http_common import HTTP_IDLE_TIMEOUT_S, json_response, observe
-from actors.leasing import ManagerLink, WorkerPool
-from actors.throttle import Limits, LoginThrottle, SharedLoginThrottle
+from actors.runtime import gc_tuning, logs, metrics
+from actors.runtime.config import GatewayConfig
+from actors.runtime.leasing import ManagerLink, WorkerPool
+from actors.web import api, images, openapi, pages
+from actors.web.common import HTTP_IDLE_TIMEOUT_S, json_response, observe
+from actors.web.throttle import Limits, LoginThrottle, SharedLoginThrottle
 
 log = structlog.get_logger("gateway")
 
@@ -28,7 +29,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    services = request.app[http_api.SERVICES]
+    services = request.app[api.SERVICES]
     body = {
         "ready": services.db.ready and services.cache.ready,
         "db_workers": services.db.connected_workers,
@@ -44,14 +45,14 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     return response
 
 
-def build_app(services: http_api.Services) -> web.Application:
+def build_app(services: api.Services) -> web.Application:
     app = web.Application(
         middlewares=[observe], client_max_size=images.MAX_UPLOAD_BYTES + 64 * 1024
     )
-    app[http_api.SERVICES] = services
-    http_api.add_routes(app)
+    app[api.SERVICES] = services
+    api.add_routes(app)
     app.router.add_get(openapi.PATH, openapi.serve)
-    web_pages.setup(app, services.config)
+    pages.setup(app, services.config)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -60,7 +61,7 @@ def build_app(services: http_api.Services) -> web.Application:
 
 async def main() -> None:
     config = GatewayConfig.from_env()
-    logs_setup.configure("gateway", config.common.log_level)
+    logs.configure("gateway", config.common.log_level)
     metrics.started("gateway")
     link = ManagerLink(config.common.manager_addr)
     db = WorkerPool(link, "db_worker", caller="gateway", want=config.db_leases)
@@ -78,7 +79,7 @@ async def main() -> None:
         ),
         cache,
     )
-    services = http_api.Services(
+    services = api.Services(
         config=config,
         db=db,
         cache=cache,

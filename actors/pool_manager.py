@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from actors import gc_tuning, logs_setup, messages, metrics, rpc
-from actors.config import ManagerConfig
-from actors.errors import CallerError, LeaseUnknown, NoWorker
-from actors.messages import Message
+from actors.runtime import gc_tuning, logs, metrics
+from actors.runtime.config import ManagerConfig
+from actors.wire import messages, rpc
+from actors.wire.errors import CallerError, LeaseUnknown, NoWorker
+from actors.wire.messages import Message
 
 log = structlog.get_logger("pool_manager")
 
@@ -294,7 +295,7 @@ class PoolManager:
 
 async def main() -> None:
     config = ManagerConfig.from_env()
-    logs_setup.configure("pool_manager", config.common.log_level)
+    logs.configure("pool_manager", config.common.log_level)
     metrics.started("pool_manager")
     manager = PoolManager(config)
     host, port = config.common.manager_addr

@@ -51,7 +51,7 @@ async def serve_hello(port: int) -> None:
 
 def argon2_ceiling(samples: int = 20) -> dict[str, float]:
     """Verifies per second the machine can do: cores / median time of one verify."""
-    from actors.passwords import make_hasher
+    from actors.db.passwords import make_hasher
 
     hasher = make_hasher()
     digest = hasher.hash("ceiling-probe-1")

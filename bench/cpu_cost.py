@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from actors.config import parse_addr
+from actors.runtime.config import parse_addr
 from bench import loadgen
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,10 +26,10 @@ from queue import Queue
 
 import pymysql
 
-from actors import dbsetup
-from actors.config import MysqlDsn
-from actors.passwords import make_hasher
+from actors.db.passwords import make_hasher
+from actors.runtime.config import MysqlDsn
 from bench.scenarios import BENCH_PASSWORD, TOKENS_FILE, bench_token, username_of
+from tools import dbsetup
 
 _HASHES = 4
 

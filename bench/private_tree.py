@@ -29,8 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from actors import messages, rpc
-from actors.config import parse_addr
+from actors.runtime.config import parse_addr
+from actors.wire import messages, rpc
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"

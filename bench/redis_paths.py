@@ -2,7 +2,7 @@
 
     python -m bench.redis_paths [--ops 20000]
 
-Why actors/redis_fast.py exists: the same GET, against the same Redis
+Why actors/cache/redis_fast.py exists: the same GET, against the same Redis
 (USERHUB_REDIS_URL), one at a time and 64 at once, through redis-py (the baseline)
 and through FastRedis (hiredis on an asyncio Protocol, pipelined). It prints the
 wall and CPU time per command and the ratio of the two paths' CPU.
@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 import uvloop
 
-from actors.redis_fast import FastRedis
+from actors.cache.redis_fast import FastRedis
 
 _KEY = "uh:bench:redis_paths"
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import redis
 
-from actors.config import MysqlDsn, parse_addr
+from actors.runtime.config import MysqlDsn, parse_addr
 from bench import baselines, load_users, loadgen, plots, stages, sweeps
 from bench.report import write_report
 

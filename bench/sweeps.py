@@ -26,7 +26,7 @@ from typing import Any
 
 import pymysql
 
-from actors.config import MysqlDsn
+from actors.runtime.config import MysqlDsn
 from bench import loadgen, stages
 from bench.private_tree import PrivateTree, Shape, private_tree
 

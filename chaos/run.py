@@ -40,8 +40,8 @@ import aiohttp
 import pymysql
 import redis
 
-from actors import messages, rpc
-from actors.config import MysqlDsn, parse_addr
+from actors.runtime.config import MysqlDsn, parse_addr
+from actors.wire import messages, rpc
 from chaos import checker, faults, workload
 from chaos.proxy import RemoteProxy
 

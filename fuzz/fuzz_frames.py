@@ -34,8 +34,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports(include=["actors"]):
-    from actors import messages, protocol
-    from actors.errors import ProtocolError
+    from actors.wire import messages, protocol
+    from actors.wire.errors import ProtocolError
 
 _MAX_U64 = (1 << 64) - 1
 _LIMITS = (protocol.DEFAULT_MAX_FRAME, 0, 1, 16, 64, 512, 4096)

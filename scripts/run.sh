@@ -14,7 +14,7 @@ if "${ctl[@]}" pid >/dev/null 2>&1; then
   "${ctl[@]}" start all >/dev/null || true
 else
   if [ "$USERHUB_START_MYSQL" = true ]; then
-    .venv/bin/python -m actors.dbsetup init
+    .venv/bin/python -m tools.dbsetup init
   fi
   # Metrics of a previous run's processes would be summed into this one's.
   rm -f "$PROMETHEUS_MULTIPROC_DIR"/*.db
@@ -23,9 +23,9 @@ else
 fi
 
 if [ "$USERHUB_START_MYSQL" = true ]; then
-  .venv/bin/python -m actors.dbsetup bootstrap
+  .venv/bin/python -m tools.dbsetup bootstrap
 else
-  .venv/bin/python -m actors.dbsetup schema
+  .venv/bin/python -m tools.dbsetup schema
 fi
 
 base="http://$USERHUB_HTTP_ADDR"

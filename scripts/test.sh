@@ -2,7 +2,7 @@
 # make test: lint, type-check, then every test (unit, integration, browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "==> ruff"; .venv/bin/ruff check actors bench tests chaos fuzz
+echo "==> ruff"; .venv/bin/ruff check actors tools bench tests chaos fuzz
 echo "==> mypy"; .venv/bin/mypy
 echo "==> pytest"
 exec .venv/bin/pytest -q -p no:cacheprovider "$@"

@@ -62,9 +62,7 @@ async def new_user(client: aiohttp.ClientSession) -> User:
     body = {"username": username, "password": password, "nickname": "before"}
     async with client.post("/api/v1/users", json=body) as r:
         assert r.status == 201, await r.text()
-    async with client.post(
-        "/api/v1/login", json={"username": username, "password": password}
-    ) as r:
+    async with client.post("/api/v1/login", json={"username": username, "password": password}) as r:
         assert r.status == 200, await r.text()
         return User(username, password, (await r.json())["token"])
 

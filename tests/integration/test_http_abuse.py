@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from actors.http_common import BODY_TIMEOUT_S, HTTP_IDLE_TIMEOUT_S, MAX_JSON_BYTES
+from actors.web.common import BODY_TIMEOUT_S, HTTP_IDLE_TIMEOUT_S, MAX_JSON_BYTES
 from tests.integration.conftest import Account, unique_name
 from tests.integration.tree import Tree
 
@@ -148,9 +148,7 @@ async def closed_by_server(reader: asyncio.StreamReader, timeout: float) -> bool
 # -- over-long fields ------------------------------------------------------------------------
 
 
-async def test_over_long_fields_are_refused(
-    http: aiohttp.ClientSession, account: Account
-) -> None:
+async def test_over_long_fields_are_refused(http: aiohttp.ClientSession, account: Account) -> None:
     long_nick = "n" * 10_000
     async with http.post(USERS, json=sign_up_body(nickname=long_nick)) as r:
         assert r.status == 422
@@ -408,7 +406,7 @@ async def test_chunked_huge_bodies_get_413(raw: Raw, account: Account) -> None:
 
 def multipart_head() -> bytes:
     return (
-        b"--xyz\r\nContent-Disposition: form-data; name=\"avatar\"; filename=\"a.png\"\r\n"
+        b'--xyz\r\nContent-Disposition: form-data; name="avatar"; filename="a.png"\r\n'
         b"Content-Type: image/png\r\n\r\n"
     )
 

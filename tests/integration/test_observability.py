@@ -13,9 +13,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors import logtool, metrics
+from actors.runtime import metrics
 from tests.integration.conftest import sign_up_and_log_in
 from tests.integration.tree import ROOT, Tree, wait_until
+from tools import logtool
 
 pytestmark = pytest.mark.integration
 
@@ -237,7 +238,7 @@ async def test_after_kill_9_the_scrape_adds_up_and_the_tool_reports_the_crash(
 
 def test_logtool_runs_as_a_command_on_the_trees_logs(tree: Tree) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "actors.logtool", "summary", str(tree.var / "log")],
+        [sys.executable, "-m", "tools.logtool", "summary", str(tree.var / "log")],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -31,9 +31,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from actors import gateway, http_api, images, openapi
-from actors.config import GatewayConfig
-from actors.throttle import Limits, LoginThrottle, SharedLoginThrottle
+from actors import gateway
+from actors.runtime.config import GatewayConfig
+from actors.web import api, images, openapi
+from actors.web.throttle import Limits, LoginThrottle, SharedLoginThrottle
 from tests.integration.conftest import API_ANSWERS, sign_up_and_log_in, unique_name
 from tests.integration.tree import Tree
 
@@ -52,7 +53,7 @@ def test_every_api_route_is_documented_and_nothing_else(
     for name, value in tree.env.items():
         monkeypatch.setenv(name, value)
     config = GatewayConfig.from_env()
-    services = http_api.Services(
+    services = api.Services(
         config=config,
         db=cast(Any, None),
         cache=cast(Any, None),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
-from actors import messages, protocol, rpc
+from actors.wire import messages, protocol, rpc
 from tests.integration.conftest import Account, sign_up_and_log_in
 from tests.integration.tree import Tree, wait_until
 

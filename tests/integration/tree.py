@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from actors import messages, rpc
+from actors.wire import messages, rpc
 from bench.private_tree import env_sh
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,7 +161,7 @@ class Tree:
     def start(self) -> None:
         for sub in ("log", "run", "redis", "avatars", "metrics"):
             (self.var / sub).mkdir(parents=True, exist_ok=True)
-        subprocess.run([PYTHON, "-m", "actors.dbsetup", "init"], cwd=ROOT, env=self.env, check=True)
+        subprocess.run([PYTHON, "-m", "tools.dbsetup", "init"], cwd=ROOT, env=self.env, check=True)
         self.supervisord = subprocess.Popen(
             [str(ROOT / ".venv/bin/supervisord"), "-n", "-c", str(ROOT / "supervisord.conf")],
             cwd=ROOT,
@@ -170,7 +170,7 @@ class Tree:
             stderr=subprocess.DEVNULL,
         )
         subprocess.run(
-            [PYTHON, "-m", "actors.dbsetup", "bootstrap"],
+            [PYTHON, "-m", "tools.dbsetup", "bootstrap"],
             cwd=ROOT,
             env=self.env,
             check=True,

@@ -1,4 +1,4 @@
-"""actors.config: addresses, DSNs and the defaults every process starts from."""
+"""actors.runtime.config: addresses, DSNs and the defaults every process starts from."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from actors import config
-from actors.config import (
+from actors.runtime import config
+from actors.runtime.config import (
     CacheWorkerConfig,
     CommonConfig,
     DbWorkerConfig,

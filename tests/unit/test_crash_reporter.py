@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from actors.crash_reporter import LOOP_EXITS, CrashReporter, parse_fields, serve
+from tools.crash_reporter import LOOP_EXITS, CrashReporter, parse_fields, serve
 
 
 def _event(name: str, payload: str, serial: int = 1) -> bytes:
@@ -82,7 +82,7 @@ def test_the_program_logs_json_lines_on_stderr() -> None:
         "processname:cache_worker_01 groupname:cache_worker from_state:RUNNING expected:0 pid:9",
     ) + _event("PROCESS_STATE_EXITED", "garbage without fields")
     done = subprocess.run(
-        [sys.executable, "-m", "actors.crash_reporter"],
+        [sys.executable, "-m", "tools.crash_reporter"],
         input=stdin, capture_output=True, timeout=30, check=True,
     )  # fmt: skip
     assert done.stdout.startswith(b"READY\n")

@@ -14,8 +14,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from actors import csrf, messages
-from actors.http_api import Services
+from actors.web import csrf
+from actors.web.api import Services
+from actors.wire import messages
 
 SECRET = b"k" * 32
 

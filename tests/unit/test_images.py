@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageCms
 from PIL.PngImagePlugin import PngInfo
 
-from actors.errors import CallerError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from actors.images import (
+from actors.web.images import (
     KEY_RE,
     MAX_UPLOAD_BYTES,
     OUTPUT_MAX_SIDE,
@@ -29,6 +28,7 @@ from actors.images import (
     sniff_format,
     validate_avatar,
 )
+from actors.wire.errors import CallerError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)

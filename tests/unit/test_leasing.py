@@ -1,8 +1,8 @@
-"""actors.leasing: WorkerPool and ManagerLink against a real PoolManager and fake workers.
+"""actors.runtime.leasing: WorkerPool and ManagerLink against a real PoolManager and fake workers.
 
 Everything runs in the test process on loopback port 0: a PoolManager, and a few fake
 workers, each an rpc.Server that answers Pong with its own marker and keeps itself
-registered through actors.registration.Registration, like a real worker does.
+registered through actors.runtime.registration.Registration, like a real worker does.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from actors import errors, leasing, messages, registration, rpc
-from actors.config import CommonConfig, ManagerConfig
-from actors.leasing import ManagerLink, WorkerPool
-from actors.messages import Message
 from actors.pool_manager import PoolManager, Registry
-from actors.registration import Registration
+from actors.runtime import leasing, registration
+from actors.runtime.config import CommonConfig, ManagerConfig
+from actors.runtime.leasing import ManagerLink, WorkerPool
+from actors.runtime.registration import Registration
+from actors.wire import errors, messages, rpc
+from actors.wire.messages import Message
 
 HOST = "127.0.0.1"
 KIND = "cache_worker"

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from actors import logtool
-from actors.logtool_read import ReadStats, chain_lines, log_chains
+from tools import logtool
+from tools.logtool_read import ReadStats, chain_lines, log_chains
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 RID = "a" * 32

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors import metrics
+from actors.runtime import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,7 +65,7 @@ ACTOR = textwrap.dedent(
     """
     import sys
     sys.stdin.readline()
-    from actors import metrics
+    from actors.runtime import metrics
     metrics.started("db_worker")
     metrics.POOL_SIZE.labels("db_worker", "mysql").inc(8)
     metrics.DB_QUERY_SECONDS.labels("get_user").observe(0.002)

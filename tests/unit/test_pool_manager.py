@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from actors import errors, messages, rpc
-from actors.config import CommonConfig, ManagerConfig
-from actors.errors import CallerError, LeaseUnknown, NoWorker
 from actors.pool_manager import PoolManager, Registry
+from actors.runtime.config import CommonConfig, ManagerConfig
+from actors.wire import errors, messages, rpc
+from actors.wire.errors import CallerError, LeaseUnknown, NoWorker
 
 HOST = "127.0.0.1"
 

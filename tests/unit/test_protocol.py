@@ -1,12 +1,10 @@
-"""Unit and property tests for actors.protocol: framing, the decoder's bounds, errors."""
+"""Unit and property tests for actors.wire.protocol: framing, the decoder's bounds, errors."""
 
 from __future__ import annotations
 
 import json
-import sys
 import types
 import typing
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -14,15 +12,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-# The project is not installed into the venv. tests/conftest.py puts the repository root
-# on sys.path; this fallback keeps the file runnable without it (it is a no-op otherwise).
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from actors import errors, messages, protocol  # noqa: E402
-from actors.errors import ProtocolError  # noqa: E402
-from actors.messages import Message  # noqa: E402
+from actors.wire import errors, messages, protocol
+from actors.wire.errors import ProtocolError
+from actors.wire.messages import Message
 
 ALL_TYPES: list[type[Message]] = list(messages.TYPE_CODES)
 MIN_INT = -(2**63)

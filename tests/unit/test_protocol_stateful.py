@@ -33,8 +33,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from actors import errors, messages, protocol, rpc
-from actors.messages import Message
+from actors.wire import errors, messages, protocol, rpc
+from actors.wire.messages import Message
 
 HOST = "127.0.0.1"
 TRACE = "5a" * 16

@@ -11,7 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from actors.redis_fast import FastRedis, pack
+from actors.cache.redis_fast import FastRedis, pack
 
 Reply = Callable[[list[bytes]], bytes | None]  # a command -> raw reply (None: stay silent)
 

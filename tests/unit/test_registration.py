@@ -1,4 +1,4 @@
-"""actors.registration: register, heartbeat, and register again, against loopback managers.
+"""actors.runtime.registration: register, heartbeat, and register again, against loopback managers.
 
 A scripted manager (an rpc.Server whose handler records what it is sent) checks what
 goes on the wire; the real PoolManager checks the MySQL grant and re-registration.
@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from actors import messages, registration, rpc
-from actors.config import CommonConfig, ManagerConfig
-from actors.messages import Message
 from actors.pool_manager import PoolManager
-from actors.registration import Registration
+from actors.runtime import registration
+from actors.runtime.config import CommonConfig, ManagerConfig
+from actors.runtime.registration import Registration
+from actors.wire import messages, rpc
+from actors.wire.messages import Message
 
 HOST = "127.0.0.1"
 

@@ -1,25 +1,17 @@
-"""actors.rpc over real loopback sockets: multiplexing, errors, deadlines, limits, drain."""
+"""actors.wire.rpc over real loopback sockets: multiplexing, errors, deadlines, limits, drain."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-# The project is not installed into the venv. tests/conftest.py puts the repository root
-# on sys.path; this fallback keeps the file runnable without it (it is a no-op otherwise).
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from actors import errors, messages, protocol, rpc  # noqa: E402
-from actors.messages import Message  # noqa: E402
+from actors.wire import errors, messages, protocol, rpc
+from actors.wire.messages import Message
 
 HOST = "127.0.0.1"
 TRACE = "0f" * 16

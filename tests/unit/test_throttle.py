@@ -1,4 +1,4 @@
-"""actors.throttle: limits per pair, address and account, windows, Retry-After, bounds."""
+"""actors.web.throttle: limits per pair, address and account, windows, Retry-After, bounds."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ from typing import Any, cast
 
 import pytest
 
-from actors import messages, throttle
-from actors.errors import NoWorker, Throttled
-from actors.throttle import Limits, LoginThrottle, SharedLoginThrottle
+from actors.web import throttle
+from actors.web.throttle import Limits, LoginThrottle, SharedLoginThrottle
+from actors.wire import messages
+from actors.wire.errors import NoWorker, Throttled
 
 
 class Clock:
-    """Stands in for the time module inside actors.throttle."""
+    """Stands in for the time module inside actors.web.throttle."""
 
     def __init__(self) -> None:
         self.now = 1000.0

@@ -1,4 +1,4 @@
-"""actors.tokens: minted tokens hash back to what is stored; anything else is refused."""
+"""actors.rules.tokens: minted tokens hash back to what is stored; anything else is refused."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from actors import tokens
+from actors.rules import tokens
 
 
 def test_new_token_round_trips_to_its_stored_hash() -> None:

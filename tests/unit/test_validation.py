@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.errors import InvalidInput
-from actors.validation import (
+from actors.rules.validation import (
     MAX_RAW_CHARS,
     check_password,
     normalize_nickname,
     normalize_username,
 )
+from actors.wire.errors import InvalidInput
 
 Validator = Callable[[object], str]
 VALIDATORS: list[tuple[Validator, str]] = [

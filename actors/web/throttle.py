@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import structlog
 
-from actors import messages
-from actors.errors import Throttled, UserhubError
-from actors.leasing import WorkerPool
+from actors.runtime.leasing import WorkerPool
+from actors.wire import messages
+from actors.wire.errors import Throttled, UserhubError
 
 log = structlog.get_logger("throttle")
 

@@ -1,9 +1,9 @@
 """Database set-up: a private MariaDB data directory, its account, and the schema.
 
-``python -m actors.dbsetup init`` creates the private data directory (once).
-``python -m actors.dbsetup bootstrap`` waits for the private server, then creates the
+``python -m tools.dbsetup init`` creates the private data directory (once).
+``python -m tools.dbsetup bootstrap`` waits for the private server, then creates the
 database and the ``userhub`` account over the local socket (as the OS user, who owns
-the server) and applies the schema. ``python -m actors.dbsetup schema`` applies the
+the server) and applies the schema. ``python -m tools.dbsetup schema`` applies the
 schema through ``USERHUB_MYSQL_DSN`` alone, for a server you run yourself.
 Every step is idempotent: running it again changes nothing.
 """
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pymysql
 
-from actors.config import MysqlDsn
+from actors.runtime.config import MysqlDsn
 
-SCHEMA = Path(__file__).with_name("schema.sql")
+SCHEMA = Path(__file__).resolve().parents[1] / "actors" / "db" / "schema.sql"
 
 
 def _client() -> str:
@@ -126,7 +126,7 @@ def _statements(text: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m actors.dbsetup")
+    parser = argparse.ArgumentParser(prog="python -m tools.dbsetup")
     parser.add_argument("step", choices=["init", "bootstrap", "schema"])
     args = parser.parse_args(argv)
     var = Path(os.environ.get("USERHUB_VAR", "var"))

@@ -14,8 +14,9 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from actors import images, validation
-from actors.http_common import MAX_JSON_BYTES
+from actors.rules import validation
+from actors.web import images
+from actors.web.common import MAX_JSON_BYTES
 
 PATH: Final = "/api/v1/openapi.json"
 

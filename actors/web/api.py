@@ -15,17 +15,11 @@ from dataclasses import dataclass
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from actors import images, messages, validation
-from actors.config import GatewayConfig
-from actors.errors import (
-    CallerError,
-    InvalidCredentials,
-    InvalidInput,
-    NotFound,
-    PayloadTooLarge,
-    RequestTimeout,
-)
-from actors.http_common import (
+from actors.rules import validation
+from actors.runtime.config import GatewayConfig
+from actors.runtime.leasing import WorkerPool
+from actors.web import images
+from actors.web.common import (
     REQUEST_ID,
     idempotency_key,
     json_response,
@@ -34,8 +28,16 @@ from actors.http_common import (
     session_cookie_name,
     token_hash_of,
 )
-from actors.leasing import WorkerPool
-from actors.throttle import SharedLoginThrottle
+from actors.web.throttle import SharedLoginThrottle
+from actors.wire import messages
+from actors.wire.errors import (
+    CallerError,
+    InvalidCredentials,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+)
 
 #: A picture upload must arrive whole within this many seconds.
 UPLOAD_TIMEOUT_S = 60.0

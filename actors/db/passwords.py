@@ -5,7 +5,7 @@ stored in the PHC string format (``$argon2id$v=19$m=19456,t=2,p=1$...``) so they
 be raised later: a login with an older hash re-hashes it.
 
 argon2-cffi's C call releases the GIL, so a plain thread pool (one thread per core
-across the host's db_workers, see actors.config) hashes in parallel without the cost
+across the host's db_workers, see actors.runtime.config) hashes in parallel without the cost
 and lifecycle of extra processes. An unknown user costs the same dummy verify as a
 wrong password, so timing says nothing about which usernames exist.
 """
@@ -23,8 +23,8 @@ from argon2 import PasswordHasher as _Argon2
 from argon2 import Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from actors import metrics
-from actors.errors import Busy
+from actors.runtime import metrics
+from actors.wire.errors import Busy
 
 T = TypeVar("T")
 

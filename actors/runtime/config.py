@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(name: str, default: str) -> str:
@@ -204,7 +204,7 @@ class GatewayConfig:
     login_failures_per_address: int
     login_failures_per_account: int
     login_window_s: float
-    csrf_secret: str = ""  # empty: the shared key file <USERHUB_VAR>/csrf.key (actors/csrf.py)
+    csrf_secret: str = ""  # empty: the shared key file <USERHUB_VAR>/csrf.key (actors/web/csrf.py)
 
     @classmethod
     def from_env(cls) -> GatewayConfig:

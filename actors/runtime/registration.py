@@ -16,9 +16,9 @@ from collections.abc import Callable
 import msgspec
 import structlog
 
-from actors import messages, rpc
-from actors.config import CommonConfig
-from actors.errors import UserhubError
+from actors.runtime.config import CommonConfig
+from actors.wire import messages, rpc
+from actors.wire.errors import UserhubError
 
 log = structlog.get_logger("registration")
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import structlog
 
-from actors import messages, metrics, rpc
-from actors.errors import (
+from actors.runtime import metrics
+from actors.wire import messages, rpc
+from actors.wire.errors import (
     Busy,
     ConnectionLost,
     LeaseUnknown,
@@ -30,7 +31,7 @@ from actors.errors import (
     NoWorker,
     UserhubError,
 )
-from actors.messages import Message
+from actors.wire.messages import Message
 
 log = structlog.get_logger("leasing")
 

@@ -3,7 +3,7 @@
 The request id is made here (32 hex characters), returned in ``X-Request-ID``,
 carried in every frame header as the trace id and logged by each actor that touches
 the request. Errors become ``{"error": {"code", "message"}}`` with the stable code of
-actors.errors; nothing unexpected ever leaves as a bare 500 page.
+actors.wire.errors; nothing unexpected ever leaves as a bare 500 page.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from actors import messages, metrics, tokens
-from actors.errors import (
+from actors.rules import tokens
+from actors.runtime import metrics
+from actors.wire import messages
+from actors.wire.errors import (
     CallerError,
     InvalidInput,
     PayloadTooLarge,

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from actors.errors import CallerError
+from actors.wire.errors import CallerError
 
 FIELD: Final = "csrf_token"
 COOKIE: Final = "userhub_csrf"

@@ -30,9 +30,10 @@ import msgspec
 import pymysql
 import structlog
 
-from actors import messages, metrics
-from actors.config import MysqlDsn, SessionPolicy
-from actors.errors import (
+from actors.runtime import metrics
+from actors.runtime.config import MysqlDsn, SessionPolicy
+from actors.wire import messages
+from actors.wire.errors import (
     DatabaseUnavailable,
     PoolExhausted,
     Unauthenticated,

@@ -21,11 +21,12 @@ from typing import Any
 
 import structlog
 
-from actors import gc_tuning, metrics, rpc
-from actors.config import CommonConfig, WorkerLimits
-from actors.errors import UserhubError
-from actors.messages import Message
-from actors.registration import Registration
+from actors.runtime import gc_tuning, metrics
+from actors.runtime.config import CommonConfig, WorkerLimits
+from actors.runtime.registration import Registration
+from actors.wire import rpc
+from actors.wire.errors import UserhubError
+from actors.wire.messages import Message
 
 log = structlog.get_logger("worker")
 

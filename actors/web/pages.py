@@ -2,7 +2,7 @@
 
 Every page is rendered on the server and every action is a plain HTML form, so the
 site works with JavaScript off. The handlers only translate between forms and the
-flows of :class:`actors.http_api.Services`, which the JSON API uses too; nothing
+flows of :class:`actors.web.api.Services`, which the JSON API uses too; nothing
 about accounts, sessions, throttling or pictures is decided here.
 
 The rules each handler follows:
@@ -24,9 +24,13 @@ from typing import Final
 
 from aiohttp import BodyPartReader, web
 
-from actors import csrf, http_api, messages, tokens, validation
-from actors.config import GatewayConfig
-from actors.errors import (
+from actors.rules import tokens, validation
+from actors.runtime.config import GatewayConfig
+from actors.web import api, csrf
+from actors.web.common import avatar_url, session_cookie_name
+from actors.web.render import Renderer, redirect
+from actors.wire import messages
+from actors.wire.errors import (
     CallerError,
     InvalidCredentials,
     InvalidInput,
@@ -36,8 +40,6 @@ from actors.errors import (
     UnsupportedMediaType,
     UserhubError,
 )
-from actors.http_common import avatar_url, session_cookie_name
-from actors.web_render import Renderer, redirect
 
 RENDERER = web.AppKey("page_renderer", Renderer)
 MAX_FORM_BYTES: Final = 16 * 1024
@@ -82,7 +84,7 @@ async def read_form(request: web.Request) -> dict[str, str]:
 
 def session_hash(request: web.Request) -> str | None:
     """The stored hash of the browser's session cookie; pages never look at headers."""
-    services = request.app[http_api.SERVICES]
+    services = request.app[api.SERVICES]
     token = request.cookies.get(session_cookie_name(services.config.secure_cookies), "")
     return tokens.hash_token(token) if token else None
 
@@ -98,7 +100,7 @@ def set_signed_in_hint(request: web.Request, response: web.StreamResponse, on: b
     drops it by itself; this browser-session cookie outlives it and lets the log-in
     page say "your session has expired" instead of a bare "please log in".
     """
-    secure = request.app[http_api.SERVICES].config.secure_cookies
+    secure = request.app[api.SERVICES].config.secure_cookies
     name = hint_cookie_name(secure)
     if on:
         response.set_cookie(name, "1", path="/", httponly=True, secure=secure, samesite="Lax")
@@ -109,7 +111,7 @@ def set_signed_in_hint(request: web.Request, response: web.StreamResponse, on: b
 def to_login(request: web.Request, reason: str) -> web.Response:
     """Back to the log-in page with a notice, dropping session cookies that no longer work."""
     response = redirect(f"/login?m={reason}")
-    services = request.app[http_api.SERVICES]
+    services = request.app[api.SERVICES]
     if session_cookie_name(services.config.secure_cookies) in request.cookies:
         services.clear_session_cookie(response)
     set_signed_in_hint(request, response, on=False)
@@ -118,7 +120,7 @@ def to_login(request: web.Request, reason: str) -> web.Response:
 
 def no_session(request: web.Request) -> web.Response:
     """No usable session: "expired" if the browser had one, else "please log in"."""
-    secure = request.app[http_api.SERVICES].config.secure_cookies
+    secure = request.app[api.SERVICES].config.secure_cookies
     had_one = any(
         name in request.cookies for name in (session_cookie_name(secure), hint_cookie_name(secure))
     )
@@ -150,7 +152,7 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 @page
 async def login_submit(request: web.Request) -> web.StreamResponse:
-    services = request.app[http_api.SERVICES]
+    services = request.app[api.SERVICES]
     form = await read_form(request)
     username, password = form.get("username", ""), form.get("password", "")
     errors: dict[str, str] = {}
@@ -199,7 +201,7 @@ async def signup_page(request: web.Request) -> web.StreamResponse:
 
 @page
 async def signup_submit(request: web.Request) -> web.StreamResponse:
-    services = request.app[http_api.SERVICES]
+    services = request.app[api.SERVICES]
     form = await read_form(request)
     values = {"username": form.get("username", ""), "nickname": form.get("nickname", "")}
     try:
@@ -245,7 +247,7 @@ async def profile_page(request: web.Request) -> web.StreamResponse:
     if token_hash is None:
         return no_session(request)
     try:
-        user = await request.app[http_api.SERVICES].profile(request, token_hash)
+        user = await request.app[api.SERVICES].profile(request, token_hash)
     except Unauthenticated:
         return to_login(request, "expired")
     return profile_response(request, user)
@@ -253,7 +255,7 @@ async def profile_page(request: web.Request) -> web.StreamResponse:
 
 @page
 async def nickname_submit(request: web.Request) -> web.StreamResponse:
-    services = request.app[http_api.SERVICES]
+    services = request.app[api.SERVICES]
     form = await read_form(request)
     token_hash = session_hash(request)
     if token_hash is None:
@@ -296,7 +298,7 @@ async def read_avatar_form(request: web.Request) -> bytes:
             token = raw.decode("ascii", "replace")
         elif part.name == "avatar":
             forms.verify(request, token)  # the browser sends fields in page order
-            data = await http_api.read_avatar_part(part)
+            data = await api.read_avatar_part(part)
             if not data:
                 raise InvalidInput("Choose a picture to upload.", field="avatar")
             return data
@@ -306,7 +308,7 @@ async def read_avatar_form(request: web.Request) -> bytes:
 
 @page
 async def avatar_submit(request: web.Request) -> web.StreamResponse:
-    services = request.app[http_api.SERVICES]
+    services = request.app[api.SERVICES]
     token_hash = session_hash(request)
     try:
         data = await read_avatar_form(request)
@@ -334,7 +336,7 @@ async def avatar_submit(request: web.Request) -> web.StreamResponse:
 
 @page
 async def logout_submit(request: web.Request) -> web.StreamResponse:
-    services = request.app[http_api.SERVICES]
+    services = request.app[api.SERVICES]
     await read_form(request)
     token_hash = session_hash(request)
     if token_hash is not None:

@@ -19,8 +19,8 @@ from typing import cast
 
 import structlog
 
-from actors import messages, protocol
-from actors.errors import (
+from actors.wire import messages, protocol
+from actors.wire.errors import (
     Busy,
     ConnectionLost,
     DeadlineExceeded,
@@ -28,7 +28,7 @@ from actors.errors import (
     ProtocolError,
     UserhubError,
 )
-from actors.messages import Message
+from actors.wire.messages import Message
 
 log = structlog.get_logger("rpc")
 

@@ -7,7 +7,7 @@ handlers bind ``request_id`` (the trace id from the frame header) so one request
 be followed across gateway, cache_worker and db_worker, and per-request lines add
 ``duration_ms`` and, when the request failed, ``error_code``. Records of the standard
 ``logging`` module (aiohttp, aiomysql, asyncio) become the same JSON lines, so
-``python -m actors.logtool`` reads everything an actor writes.
+``python -m tools.logtool`` reads everything an actor writes.
 
 One request costs one line per actor. Lines are rendered with msgspec and written
 through a small buffer flushed every 100 ms (and at exit, and whenever it passes

@@ -24,8 +24,9 @@ from typing import Any, Final
 import jinja2
 from aiohttp import web
 
-from actors import csrf, images, validation
-from actors.errors import NotFound, Throttled, UserhubError
+from actors.rules import validation
+from actors.web import csrf, images
+from actors.wire.errors import NotFound, Throttled, UserhubError
 
 HERE: Final = Path(__file__).resolve().parent
 TEMPLATES_DIR: Final = HERE / "templates"

@@ -2,7 +2,7 @@
 
 Every value a client sends is checked here, once, at the edge (the gateway), and
 what comes out is the one canonical form the rest of the system stores and compares.
-A rule refused raises :class:`~actors.errors.InvalidInput` naming the field, so the
+A rule refused raises :class:`~actors.wire.errors.InvalidInput` naming the field, so the
 HTTP answer is a 422 that says which field is wrong and why.
 
 Usernames
@@ -56,7 +56,7 @@ import re
 import unicodedata
 from typing import Final
 
-from actors.errors import InvalidInput
+from actors.wire.errors import InvalidInput
 
 USERNAME_MIN: Final = 3
 USERNAME_MAX: Final = 30

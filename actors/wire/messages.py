@@ -3,7 +3,7 @@
 Messages are immutable msgspec Structs encoded as JSON, so a captured packet stays
 readable and a new optional field (with a default) stays backward compatible. Each
 type has a stable numeric code that travels in the frame header; the body alone
-does not say what it is. Actors never touch raw bytes: :mod:`actors.protocol` turns
+does not say what it is. Actors never touch raw bytes: :mod:`actors.wire.protocol` turns
 these records into frames and back.
 """
 
@@ -20,7 +20,7 @@ class Message(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
 
 
 class Error(Message, frozen=True):
-    """The reply to any request that failed. ``code`` is stable; see actors.errors."""
+    """The reply to any request that failed. ``code`` is stable; see actors.wire.errors."""
 
     code: str
     message: str

@@ -1,7 +1,7 @@
 """Read a userhub log directory: follow one request, or summarise a run.
 
-    python -m actors.logtool follow REQUEST_ID [LOG_DIR] [--json]
-    python -m actors.logtool summary [LOG_DIR] [--json] [--top N]
+    python -m tools.logtool follow REQUEST_ID [LOG_DIR] [--json]
+    python -m tools.logtool summary [LOG_DIR] [--json] [--top N]
 
 ``follow`` prints one request's timeline across actors, from every line that carries
 its ``request_id`` (the ``X-Request-ID`` the gateway returned). Each actor logs a
@@ -28,8 +28,8 @@ from typing import Any
 
 import msgspec
 
-from actors.config import REPO_ROOT
-from actors.logtool_read import (
+from actors.runtime.config import REPO_ROOT
+from tools.logtool_read import (
     Line,
     ReadStats,
     SupervisorEvent,
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         "--json", action="store_true", default=argparse.SUPPRESS, help="one JSON document"
     )
     parser = argparse.ArgumentParser(
-        prog="python -m actors.logtool",
+        prog="python -m tools.logtool",
         parents=[common],
         description="Follow a request or summarise a run from userhub's logs.",
     )

@@ -42,9 +42,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from actors import messages
-from actors.errors import CacheUnavailable
-from actors.redis_fast import FastRedis
+from actors.cache.redis_fast import FastRedis
+from actors.wire import messages
+from actors.wire.errors import CacheUnavailable
 
 log = structlog.get_logger("profile_cache")
 
@@ -78,7 +78,7 @@ if not p then return {s} end
 return {s, p}
 """
 
-# Login throttling (actors/throttle.py): fixed windows of failures per key.
+# Login throttling (actors/web/throttle.py): fixed windows of failures per key.
 _THROTTLE_CHECK = """
 local wait, counted = 0, 0
 for i, key in ipairs(KEYS) do
@@ -133,7 +133,7 @@ class ProfileCache:
         self._throttle_check = self._redis.register_script(_THROTTLE_CHECK)
         self._throttle_update = self._redis.register_script(_THROTTLE_UPDATE)
         # The two hot reads (a session, then its profile) take a leaner path than
-        # redis-py's client (actors/redis_fast.py); TLS or socket URLs keep redis-py.
+        # redis-py's client (actors/cache/redis_fast.py); TLS or socket URLs keep redis-py.
         try:
             self._fast: FastRedis | None = FastRedis(url, connections=2, timeout=1.0)
         except ValueError:

@@ -25,7 +25,7 @@ them fully and keeps only freshly encoded pixels:
   quality 85;
 * its key is the SHA-256 of the output, in hex, with ``.png`` or ``.jpg``.
 
-Any failure on the way is an :class:`~actors.errors.InvalidInput` (field
+Any failure on the way is an :class:`~actors.wire.errors.InvalidInput` (field
 ``avatar``), apart from a body over the size limit (:class:`PayloadTooLarge`) and
 a type that is not one of the four (:class:`UnsupportedMediaType`); no Pillow
 exception escapes.
@@ -57,7 +57,7 @@ from typing import Final, Protocol, runtime_checkable
 
 from PIL import Image, ImageCms, ImageOps
 
-from actors.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from actors.wire.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 MAX_UPLOAD_BYTES: Final = 2 * 1024 * 1024
 MAX_PIXELS: Final = 16_000_000

@@ -6,7 +6,7 @@ A frame is a fixed 42-byte header followed by a body::
     0      2    magic        b"UH"
     2      1    version      1
     3      1    flags        bit 0: response, bit 1: error reply
-    4      2    msg_type     code from actors.messages.TYPE_CODES
+    4      2    msg_type     code from actors.wire.messages.TYPE_CODES
     6      8    call_id      matches a response to its request on one connection
     14     8    deadline_ms  absolute deadline, Unix time in milliseconds
     22     16   trace_id     request id made at the gateway, logged by every actor
@@ -30,9 +30,9 @@ from typing import Any, Final
 
 import msgspec
 
-from actors import messages
-from actors.errors import ProtocolError, UserhubError, from_code
-from actors.messages import Message
+from actors.wire import messages
+from actors.wire.errors import ProtocolError, UserhubError, from_code
+from actors.wire.messages import Message
 
 MAGIC: Final = b"UH"
 VERSION: Final = 1
