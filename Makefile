@@ -15,7 +15,7 @@ test:
 	@scripts/test.sh
 
 unit:
-	@.venv/bin/pytest -q tests/unit
+	@.venv/bin/pytest -q tests/unit tests/chaos tests/bench
 
 lint:
 	@.venv/bin/ruff check actors tools bench tests chaos fuzz
@@ -36,7 +36,7 @@ bench-quick:
 	@bash -c '. scripts/env.sh && .venv/bin/python -m bench.run --quick --out bench/results/quick'
 
 # Fuzz the frame decoder for FUZZ_SECONDS (default 300); what it finds stays in var/fuzz/.
-# `make test` runs a short bounded pass of the same harness (tests/unit/test_fuzz_frames.py).
+# `make test` runs a short bounded pass of the same harness (tests/unit/wire/test_fuzz_frames.py).
 fuzz:
 	@mkdir -p var/fuzz/frames-corpus var/fuzz/artifacts
 	@.venv/bin/python fuzz/fuzz_frames.py -max_total_time=$${FUZZ_SECONDS:-300} \

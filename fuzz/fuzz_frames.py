@@ -17,7 +17,7 @@ It always starts from seeds it writes to var/fuzz/frames-seeds (a valid frame of
 message type, and a few broken ones), so mutations begin close to the format; a corpus
 directory given first on the command line keeps what a run finds for the next one.
 ``make fuzz`` runs it for a few minutes; ``make test`` runs a short bounded pass
-(tests/unit/test_fuzz_frames.py).
+(tests/unit/wire/test_fuzz_frames.py).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actors.runtime import metrics
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def all_metrics() -> list[Counter | Gauge | Histogram]:
