@@ -12,27 +12,46 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import assert_never
 
 import structlog
 
 from actors.cache.profile_cache import REVOKED, CachedSession, ProfileCache
-from actors.rules import tokens
-from actors.runtime import logs, metrics
+from actors.cache.redis_link import RedisLink
+from actors.cache.throttle_store import ThrottleStore
+from actors.runtime import lifecycle, metrics
 from actors.runtime.config import CacheWorkerConfig
 from actors.runtime.leasing import ManagerLink, WorkerPool
-from actors.runtime.worker import WorkerRuntime
-from actors.wire import messages, rpc
-from actors.wire.errors import CacheUnavailable, CallerError, InvalidInput, Unauthenticated
-from actors.wire.messages import Message
+from actors.runtime.lifecycle import Lifecycle
+from actors.runtime.worker import WorkerServer
+from actors.wire import messages
+from actors.wire.errors import CacheUnavailable, InvalidInput, Unauthenticated
+from actors.wire.messages import CacheWorkerRequest, Message
+from actors.wire.server import Envelope
 
 log = structlog.get_logger("cache_worker")
 
+#: Most keys one throttle check or update may name.
+MAX_THROTTLE_KEYS = 8
+
 
 class CacheWorker:
-    def __init__(self, config: CacheWorkerConfig, cache: ProfileCache, db: WorkerPool) -> None:
+    def __init__(self, config: CacheWorkerConfig, life: Lifecycle) -> None:
         self.config = config
-        self.cache = cache
-        self.db = db
+        self.redis = RedisLink(config.redis_url, config.redis_pool_size)
+        self.cache = ProfileCache(self.redis, config.profile_ttl_s)
+        self.throttle = ThrottleStore(self.redis)
+        self.link = ManagerLink(config.common.manager_addr)
+        self.db = WorkerPool(self.link, "db_worker", caller="cache_worker", want=config.db_leases)
+        self.worker: WorkerServer[CacheWorkerRequest] = WorkerServer(
+            "cache_worker",
+            CacheWorkerRequest,
+            self.handle,
+            common=config.common,
+            limits=config.limits,
+            lifecycle=life,
+            ready=lambda: self.db.ready,
+        )
         self._idle_s = config.sessions.idle_timeout_s
         self._touch_s = config.sessions.touch_interval_s
         self._background: set[asyncio.Task[None]] = set()
@@ -44,37 +63,47 @@ class CacheWorker:
         self._bypass = metrics.CACHE_LOOKUPS.labels("bypass")
         metrics.POOL_SIZE.labels("cache_worker", "redis").set(config.redis_pool_size)
 
-    async def handle(self, request: rpc.Request) -> Message:
-        # WorkerRuntime logs the "handled" line (duration, error code) for every request.
-        msg = request.message
-        if isinstance(msg, messages.GetProfile):
-            _check_hash(msg.token_hash)
-            reply: Message = await self._get_profile(msg.token_hash, request)
-        elif isinstance(msg, messages.UpdateProfile):
-            _check_hash(msg.token_hash)
-            reply = await self._update_profile(msg, request)
-        elif isinstance(msg, messages.Logout):
-            _check_hash(msg.token_hash)
-            reply = await self._logout(msg.token_hash, request)
-        elif isinstance(msg, messages.ThrottleCheck):
-            if len(msg.keys) != len(msg.limits) or len(msg.keys) > 8:
-                raise InvalidInput("a throttle check needs one limit per key, at most 8 keys")
-            wait_ms, counted = await self.cache.throttle_check(msg.keys, msg.limits)
-            reply = messages.ThrottleVerdict(retry_after_s=-(-wait_ms // 1000), counted=counted)
-        elif isinstance(msg, messages.ThrottleUpdate):
-            if len(msg.failed) + len(msg.cleared) > 8:
-                raise InvalidInput("a throttle update takes at most 8 keys")
-            await self.cache.throttle_update(msg.failed, msg.cleared, msg.window_s)
-            reply = messages.Ack()
-        elif isinstance(msg, messages.Ping):
-            reply = messages.Pong(kind="cache_worker")
-        else:
-            raise CallerError(f"cache_worker does not handle {type(msg).__name__}")
-        return reply
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.db.start()
+        await self.worker.start()
+
+    async def stop(self) -> None:
+        await self.worker.drain()
+        await self.db.close()
+        self.link.close()
+        await self.redis.close()
+
+    # -- requests ---------------------------------------------------------------------
+
+    async def handle(self, envelope: Envelope[CacheWorkerRequest]) -> Message:
+        # WorkerServer logs the "handled" line (duration, error code) for every request.
+        match envelope.message:
+            case messages.GetProfile(token_hash=token_hash):
+                return await self._get_profile(token_hash, envelope)
+            case messages.UpdateProfile() as msg:
+                return await self._update_profile(msg, envelope)
+            case messages.Logout(token_hash=token_hash):
+                return await self._logout(token_hash, envelope)
+            case messages.ThrottleCheck(keys=keys, limits=limits):
+                if len(keys) != len(limits) or len(keys) > MAX_THROTTLE_KEYS:
+                    raise InvalidInput("a throttle check needs one limit per key, at most 8 keys")
+                wait_ms, counted = await self.throttle.check(keys, limits)
+                return messages.ThrottleVerdict(retry_after_s=-(-wait_ms // 1000), counted=counted)
+            case messages.ThrottleUpdate(failed=failed, cleared=cleared, window_s=window_s):
+                if len(failed) + len(cleared) > MAX_THROTTLE_KEYS:
+                    raise InvalidInput("a throttle update takes at most 8 keys")
+                await self.throttle.update(failed, cleared, window_s)
+                return messages.Ack()
+            case messages.Ping():
+                return messages.Pong(kind="cache_worker")
+            case _ as unreachable:
+                assert_never(unreachable)
 
     # -- reads ------------------------------------------------------------------------
 
-    async def _get_profile(self, token_hash: str, request: rpc.Request) -> messages.Profile:
+    async def _get_profile(self, token_hash: str, envelope: Envelope[Message]) -> messages.Profile:
         started = time.perf_counter()
         try:
             found, user = await self.cache.get_session_and_user(token_hash, self._idle_s)
@@ -84,27 +113,25 @@ class CacheWorker:
                     self._hits.inc()
                     self._hit.observe(time.perf_counter() - started)
                     if time.time() - session.last_seen_db >= self._touch_s:
-                        self._touch_later(token_hash, session, request)
+                        self._touch_later(token_hash, session, envelope)
                     return messages.Profile(user=user, cache_hit=True)
         except CacheUnavailable as exc:
             log.warning("cache_bypassed", error=str(exc))
             self._bypass.inc()
-            info = await self._resolve(token_hash, request)
+            info = await self._resolve(token_hash, envelope)
             return messages.Profile(user=info.user)
         self._misses.inc()
-        info = await self._resolve(token_hash, request)
+        info = await self._resolve(token_hash, envelope)
         await self._fill(token_hash, info)
         self._miss.observe(time.perf_counter() - started)
         return messages.Profile(user=info.user)
 
-    async def _resolve(self, token_hash: str, request: rpc.Request) -> messages.SessionInfo:
-        reply = await self.db.call(
+    async def _resolve(self, token_hash: str, envelope: Envelope[Message]) -> messages.SessionInfo:
+        return await self.db.call(
             messages.ResolveSession(token_hash),
-            deadline=request.deadline,
-            trace_id=request.trace_id,
+            deadline=envelope.deadline,
+            trace_id=envelope.trace_id,
         )
-        assert isinstance(reply, messages.SessionInfo)
-        return reply
 
     async def _fill(self, token_hash: str, info: messages.SessionInfo) -> None:
         started = time.perf_counter()
@@ -114,7 +141,9 @@ class CacheWorker:
             log.warning("cache_fill_failed", error=str(exc))
         self._write.observe(time.perf_counter() - started)
 
-    def _touch_later(self, token_hash: str, session: CachedSession, request: rpc.Request) -> None:
+    def _touch_later(
+        self, token_hash: str, session: CachedSession, envelope: Envelope[Message]
+    ) -> None:
         """Slide the session's idle expiry in MySQL too, without delaying the answer."""
 
         async def touch() -> None:
@@ -122,7 +151,7 @@ class CacheWorker:
                 await self.db.call(
                     messages.TouchSession(token_hash),
                     deadline=time.time() + self.config.common.request_timeout_s,
-                    trace_id=request.trace_id,
+                    trace_id=envelope.trace_id,
                 )
                 await self.cache.note_touch(token_hash, session, self._idle_s)
             except Exception as exc:
@@ -131,10 +160,6 @@ class CacheWorker:
         task = asyncio.get_running_loop().create_task(touch())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def _cached_session(self, token_hash: str) -> CachedSession | None:
-        """The session Redis holds (None on a miss); a revoked or expired one is refused."""
-        return self._live(await self.cache.get_session(token_hash, self._idle_s))
 
     @staticmethod
     def _live(session: CachedSession | bytes | None) -> CachedSession | None:
@@ -147,47 +172,46 @@ class CacheWorker:
             return session
         return None
 
-    async def _session_user(self, token_hash: str, request: rpc.Request) -> int:
+    async def _session_user(self, token_hash: str, envelope: Envelope[Message]) -> int:
         try:
-            session = await self._cached_session(token_hash)
+            session = self._live(await self.cache.get_session(token_hash, self._idle_s))
         except CacheUnavailable:
             session = None
         if session is not None:
             return session.user_id
-        return (await self._resolve(token_hash, request)).user.user_id
+        return (await self._resolve(token_hash, envelope)).user.user_id
 
     # -- writes -------------------------------------------------------------------------
 
     async def _update_profile(
-        self, msg: messages.UpdateProfile, request: rpc.Request
+        self, msg: messages.UpdateProfile, envelope: Envelope[Message]
     ) -> messages.Profile:
         if msg.nickname is None and msg.avatar_key is None:
             raise InvalidInput("nothing to change")
-        user_id = await self._session_user(msg.token_hash, request)
-        reply = await self.db.call(
+        user_id = await self._session_user(msg.token_hash, envelope)
+        user = await self.db.call(
             messages.UpdateUser(
                 user_id=user_id,
                 idempotency_key=msg.idempotency_key,
                 nickname=msg.nickname,
                 avatar_key=msg.avatar_key,
             ),
-            deadline=request.deadline,
-            trace_id=request.trace_id,
+            deadline=envelope.deadline,
+            trace_id=envelope.trace_id,
         )
-        assert isinstance(reply, messages.User)
         started = time.perf_counter()
         try:
-            await self.cache.put_user(reply)
+            await self.cache.put_user(user)
         except CacheUnavailable as exc:
             # MySQL has the change. While Redis is down reads bypass it; a Redis that
             # comes back empty (it keeps no data on disk) cannot serve the old copy.
             log.warning("cache_refresh_failed", error=str(exc), user_id=user_id)
         self._write.observe(time.perf_counter() - started)
-        return messages.Profile(user=reply)
+        return messages.Profile(user=user)
 
-    async def _logout(self, token_hash: str, request: rpc.Request) -> messages.Ack:
+    async def _logout(self, token_hash: str, envelope: Envelope[Message]) -> messages.Ack:
         await self.db.call(
-            messages.EndSession(token_hash), deadline=request.deadline, trace_id=request.trace_id
+            messages.EndSession(token_hash), deadline=envelope.deadline, trace_id=envelope.trace_id
         )
         try:
             await self.cache.revoke_session(token_hash, self._idle_s)
@@ -196,31 +220,10 @@ class CacheWorker:
         return messages.Ack()
 
 
-def _check_hash(token_hash: str) -> None:
-    if not tokens.is_token_hash(token_hash):
-        raise InvalidInput("malformed token hash")
-
-
-async def main() -> None:
+def main() -> None:
     config = CacheWorkerConfig.from_env()
-    logs.configure("cache_worker", config.common.log_level)
-    metrics.started("cache_worker")
-    cache = ProfileCache(config.redis_url, config.redis_pool_size, config.profile_ttl_s)
-    link = ManagerLink(config.common.manager_addr)
-    db = WorkerPool(link, "db_worker", caller="cache_worker", want=config.db_leases)
-    db.start()
-    worker = CacheWorker(config, cache, db)
-    runtime = WorkerRuntime(
-        "cache_worker", config.common, config.limits, worker.handle, ready=lambda: db.ready
-    )
-    await runtime.start()
-    await runtime.wait_and_drain()
-    await db.close()
-    link.close()
-    await cache.close()
+    lifecycle.run("cache_worker", config.common.log_level, lambda life: CacheWorker(config, life))
 
 
 if __name__ == "__main__":
-    import uvloop
-
-    uvloop.run(main())
+    main()

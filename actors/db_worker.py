@@ -3,24 +3,31 @@
 It registers with the pool manager, receives its share of the global MySQL
 connection budget, opens a pool of exactly that size and only then reports ready,
 so no lease ever points at a worker that cannot reach the database.
+
+Input is checked again here with the same rules the gateway applied
+(actors.rules.validation): the gateway checks first so that bad input gets its
+field-level answer without costing a password hash, and this worker checks because
+it writes the record and must not depend on every caller having done so.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import assert_never
 
 import structlog
 
 from actors.db.passwords import PasswordHasher
 from actors.db.user_store import UserStore
-from actors.rules import tokens, validation
-from actors.runtime import logs, metrics
+from actors.rules import image_keys, tokens, validation
+from actors.runtime import lifecycle
 from actors.runtime.config import DbWorkerConfig
-from actors.runtime.worker import WorkerRuntime
-from actors.web import images
-from actors.wire import messages, rpc
-from actors.wire.errors import CallerError, DatabaseUnavailable, InvalidCredentials, InvalidInput
-from actors.wire.messages import Message
+from actors.runtime.lifecycle import Lifecycle
+from actors.runtime.worker import WorkerServer
+from actors.wire import messages
+from actors.wire.errors import DatabaseUnavailable, InvalidCredentials, InvalidInput
+from actors.wire.messages import DbWorkerRequest, Message
+from actors.wire.server import Envelope
 
 log = structlog.get_logger("db_worker")
 
@@ -28,60 +35,84 @@ _PURGE_EVERY_S = 60.0
 
 
 class DbWorker:
-    def __init__(self, config: DbWorkerConfig) -> None:
+    def __init__(self, config: DbWorkerConfig, life: Lifecycle) -> None:
         self.config = config
         self.hasher = PasswordHasher(config.hash_threads, config.hash_queue)
         self.store: UserStore | None = None
+        self.worker: WorkerServer[DbWorkerRequest] = WorkerServer(
+            "db_worker",
+            DbWorkerRequest,
+            self.handle,
+            common=config.common,
+            limits=config.limits,
+            lifecycle=life,
+            ready=lambda: self.store is not None and self.store.is_open,
+            mysql_wanted=config.pool_wanted,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
 
-    @property
-    def ready(self) -> bool:
-        return self.store is not None and self.store.is_open
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        registration = await self.worker.start()
+        self._tasks.append(asyncio.create_task(self._open_when_granted(registration.mysql_granted)))
+        self._tasks.append(asyncio.create_task(self._purge_forever()))
+
+    async def stop(self) -> None:
+        await self.worker.drain()
+        for task in self._tasks:
+            task.cancel()
+        if self.store is not None:
+            await self.store.close()
+        self.hasher.close()
+
+    # -- requests ---------------------------------------------------------------------
+
+    async def handle(self, envelope: Envelope[DbWorkerRequest]) -> Message:
+        # WorkerServer logs the "handled" line (duration, error code) for every request.
+        policy = self.config.sessions
+        match envelope.message:
+            case messages.ResolveSession(token_hash=token_hash):
+                return await self._store().resolve_session(token_hash, policy)
+            case messages.Login() as msg:
+                return await self._login(msg)
+            case messages.CreateUser() as msg:
+                return await self._create_user(msg)
+            case messages.UpdateUser() as msg:
+                return await self._update_user(msg)
+            case messages.TouchSession(token_hash=token_hash):
+                self._store().touch_later(token_hash)  # batched: see UserStore.touch_later
+                return messages.Ack()
+            case messages.EndSession(token_hash=token_hash):
+                await self._store().end_session(token_hash)
+                return messages.Ack()
+            case messages.Ping():
+                return messages.Pong(kind="db_worker")
+            case _ as unreachable:
+                assert_never(unreachable)
 
     def _store(self) -> UserStore:
         if self.store is None or not self.store.is_open:
             raise DatabaseUnavailable("this worker has no MySQL pool yet")
         return self.store
 
-    async def handle(self, request: rpc.Request) -> Message:
-        # WorkerRuntime logs the "handled" line (duration, error code) for every request.
-        return await self._dispatch(request.message)
+    async def _create_user(self, msg: messages.CreateUser) -> messages.User:
+        username = validation.normalize_username(msg.username)
+        nickname = validation.normalize_nickname(msg.nickname)
+        password = validation.check_password(msg.password)
+        store = self._store()
+        digest = await self.hasher.hash(password)
+        return await store.create_user(username, nickname, digest, msg.idempotency_key)
 
-    async def _dispatch(self, msg: Message) -> Message:
-        policy = self.config.sessions
-        if isinstance(msg, messages.ResolveSession):
-            _check_hash(msg.token_hash)
-            return await self._store().resolve_session(msg.token_hash, policy)
-        if isinstance(msg, messages.Login):
-            return await self._login(msg)
-        if isinstance(msg, messages.CreateUser):
-            username = validation.normalize_username(msg.username)
-            nickname = validation.normalize_nickname(msg.nickname)
-            password = validation.check_password(msg.password)
-            store = self._store()
-            digest = await self.hasher.hash(password)
-            return await store.create_user(username, nickname, digest, msg.idempotency_key)
-        if isinstance(msg, messages.UpdateUser):
-            if not msg.idempotency_key:
-                raise InvalidInput("a write needs an idempotency key")
-            if msg.avatar_key is not None and not images.KEY_RE.fullmatch(msg.avatar_key):
-                raise InvalidInput("malformed picture key", field="avatar")
-            new_nickname = (
-                None if msg.nickname is None else validation.normalize_nickname(msg.nickname)
-            )
-            return await self._store().update_user(
-                msg.user_id, msg.idempotency_key, new_nickname, msg.avatar_key
-            )
-        if isinstance(msg, messages.TouchSession):
-            _check_hash(msg.token_hash)
-            self._store().touch_later(msg.token_hash)  # batched: see UserStore.touch_later
-            return messages.Ack()
-        if isinstance(msg, messages.EndSession):
-            _check_hash(msg.token_hash)
-            await self._store().end_session(msg.token_hash)
-            return messages.Ack()
-        if isinstance(msg, messages.Ping):
-            return messages.Pong(kind="db_worker")
-        raise CallerError(f"db_worker does not handle {type(msg).__name__}")
+    async def _update_user(self, msg: messages.UpdateUser) -> messages.User:
+        if not msg.idempotency_key:
+            raise InvalidInput("a write needs an idempotency key")
+        if msg.avatar_key is not None and not image_keys.is_key(msg.avatar_key):
+            raise InvalidInput("malformed picture key", field="avatar")
+        nickname = None if msg.nickname is None else validation.normalize_nickname(msg.nickname)
+        return await self._store().update_user(
+            msg.user_id, msg.idempotency_key, nickname, msg.avatar_key
+        )
 
     async def _login(self, msg: messages.Login) -> messages.LoginResult:
         store = self._store()
@@ -106,9 +137,18 @@ class DbWorker:
             token=token, user=user, expires_at=expires_at, idle_timeout_s=policy.idle_timeout_s
         )
 
-    async def open_store(self, granted: int) -> None:
+    # -- background ---------------------------------------------------------------------
+
+    async def _open_when_granted(self, registration_granted: asyncio.Future[int]) -> None:
+        granted = await registration_granted
+        if granted <= 0:
+            # Serving would exceed MySQL's connection budget: stay registered, never ready.
+            log.error("no_mysql_budget_left", wanted=self.config.pool_wanted)
+            return
+        await self._open_store(granted)
+
+    async def _open_store(self, size: int) -> None:
         """Open the MySQL pool with the granted size, retrying until MySQL answers."""
-        size = granted
         delay = 0.1
         while True:
             store = UserStore(self.config.mysql, size, op_timeout_s=self.config.mysql_op_timeout_s)
@@ -123,7 +163,7 @@ class DbWorker:
             log.info("mysql_pool_open", size=size)
             return
 
-    async def housekeeping(self) -> None:
+    async def _purge_forever(self) -> None:
         while True:
             await asyncio.sleep(_PURGE_EVERY_S)
             if self.store is not None:
@@ -133,42 +173,10 @@ class DbWorker:
                     log.warning("purge_failed", error=str(exc))
 
 
-def _check_hash(token_hash: str) -> None:
-    if not tokens.is_token_hash(token_hash):
-        raise InvalidInput("malformed token hash")
-
-
-async def main() -> None:
+def main() -> None:
     config = DbWorkerConfig.from_env()
-    logs.configure("db_worker", config.common.log_level)
-    metrics.started("db_worker")
-    worker = DbWorker(config)
-    runtime = WorkerRuntime(
-        "db_worker",
-        config.common,
-        config.limits,
-        worker.handle,
-        ready=lambda: worker.ready,
-        mysql_wanted=config.pool_wanted,
-    )
-    registration = await runtime.start()
-    granted = await registration.mysql_granted
-    if granted <= 0:
-        # Serving would exceed MySQL's connection budget: stay registered, never ready.
-        log.error("no_mysql_budget_left", wanted=config.pool_wanted)
-        opener = asyncio.create_task(asyncio.sleep(0))
-    else:
-        opener = asyncio.create_task(worker.open_store(granted))
-    purger = asyncio.create_task(worker.housekeeping())
-    await runtime.wait_and_drain()
-    opener.cancel()
-    purger.cancel()
-    if worker.store is not None:
-        await worker.store.close()
-    worker.hasher.close()
+    lifecycle.run("db_worker", config.common.log_level, lambda life: DbWorker(config, life))
 
 
 if __name__ == "__main__":
-    import uvloop
-
-    uvloop.run(main())
+    main()

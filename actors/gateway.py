@@ -7,111 +7,82 @@ keeps a multiplexed connection to every leased worker.
 
 from __future__ import annotations
 
-import asyncio
-import signal
-
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
-from actors.runtime import gc_tuning, logs, metrics
+from actors.runtime import lifecycle
 from actors.runtime.config import GatewayConfig
 from actors.runtime.leasing import ManagerLink, WorkerPool
-from actors.web import api, images, openapi, pages
-from actors.web.common import HTTP_IDLE_TIMEOUT_S, json_response, observe
+from actors.web import api, health, images, openapi, pages
+from actors.web.bodies import HTTP_IDLE_TIMEOUT_S
+from actors.web.image_store import LocalImageStore
+from actors.web.middleware import observe
+from actors.web.services import SERVICES, Services
 from actors.web.throttle import Limits, LoginThrottle, SharedLoginThrottle
 
 log = structlog.get_logger("gateway")
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    services = request.app[api.SERVICES]
-    body = {
-        "ready": services.db.ready and services.cache.ready,
-        "db_workers": services.db.connected_workers,
-        "cache_workers": services.cache.connected_workers,
-    }
-    return json_response(body, status=200 if body["ready"] else 503)
-
-
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    data = await asyncio.to_thread(metrics.scrape)
-    response = web.Response(body=data)
-    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-    return response
-
-
-def build_app(services: api.Services) -> web.Application:
+def build_app(services: Services) -> web.Application:
     app = web.Application(
         middlewares=[observe], client_max_size=images.MAX_UPLOAD_BYTES + 64 * 1024
     )
-    app[api.SERVICES] = services
+    app[SERVICES] = services
     api.add_routes(app)
     app.router.add_get(openapi.PATH, openapi.serve)
     pages.setup(app, services.config)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
+    health.add_routes(app)
     return app
 
 
-async def main() -> None:
+class Gateway:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.link = ManagerLink(config.common.manager_addr)
+        db = WorkerPool(self.link, "db_worker", caller="gateway", want=config.db_leases)
+        cache = WorkerPool(self.link, "cache_worker", caller="gateway", want=config.cache_leases)
+        limits = Limits(
+            per_pair=config.login_failures_per_pair,
+            per_address=config.login_failures_per_address,
+            per_account=config.login_failures_per_account,
+            window_s=config.login_window_s,
+        )
+        self.services = Services(
+            config=config,
+            db=db,
+            cache=cache,
+            images=LocalImageStore(config.image_dir),
+            throttle=SharedLoginThrottle(LoginThrottle(limits), cache),
+        )
+        # keepalive_timeout also bounds how long a new connection may take to send its
+        # first request head (aiohttp starts the timer when the connection opens):
+        # slowloris defence.
+        self.runner = web.AppRunner(
+            build_app(self.services),
+            access_log=None,
+            handler_cancellation=True,
+            keepalive_timeout=HTTP_IDLE_TIMEOUT_S,
+        )
+
+    async def start(self) -> None:
+        self.services.db.start()
+        self.services.cache.start()
+        await self.runner.setup()
+        host, port = self.config.http_addr
+        await web.TCPSite(self.runner, host, port, reuse_port=True, backlog=2048).start()
+        log.info("listening", addr=f"http://{host}:{port}")
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        await self.services.db.close()
+        await self.services.cache.close()
+        self.link.close()
+
+
+def main() -> None:
     config = GatewayConfig.from_env()
-    logs.configure("gateway", config.common.log_level)
-    metrics.started("gateway")
-    link = ManagerLink(config.common.manager_addr)
-    db = WorkerPool(link, "db_worker", caller="gateway", want=config.db_leases)
-    cache = WorkerPool(link, "cache_worker", caller="gateway", want=config.cache_leases)
-    db.start()
-    cache.start()
-    throttle = SharedLoginThrottle(
-        LoginThrottle(
-            Limits(
-                per_pair=config.login_failures_per_pair,
-                per_address=config.login_failures_per_address,
-                per_account=config.login_failures_per_account,
-                window_s=config.login_window_s,
-            )
-        ),
-        cache,
-    )
-    services = api.Services(
-        config=config,
-        db=db,
-        cache=cache,
-        images=images.LocalImageStore(config.image_dir),
-        throttle=throttle,
-    )
-    app = build_app(services)
-    # keepalive_timeout also bounds how long a new connection may take to send its first
-    # request head (aiohttp starts the timer when the connection opens): slowloris defence.
-    runner = web.AppRunner(
-        app, access_log=None, handler_cancellation=True, keepalive_timeout=HTTP_IDLE_TIMEOUT_S
-    )
-    await runner.setup()
-    host, port = config.http_addr
-    site = web.TCPSite(runner, host, port, reuse_port=True, backlog=2048)
-    await site.start()
-    gc_tuning.tune_after_start()
-    log.info("listening", addr=f"http://{host}:{port}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("draining")
-    await runner.cleanup()
-    await db.close()
-    await cache.close()
-    link.close()
-    log.info("stopped")
+    lifecycle.run("gateway", config.common.log_level, lambda _: Gateway(config))
 
 
 if __name__ == "__main__":
-    import uvloop
-
-    uvloop.run(main())
+    main()

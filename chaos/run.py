@@ -41,7 +41,8 @@ import pymysql
 import redis
 
 from actors.runtime.config import MysqlDsn, parse_addr
-from actors.wire import messages, rpc
+from actors.wire import messages
+from actors.wire.client import Connection
 from chaos import checker, faults, workload
 from chaos.proxy import RemoteProxy
 
@@ -164,7 +165,7 @@ def _listening(pid: int, port: int) -> bool:
 
 async def _registered_ready(target: Target, pid: int) -> bool:
     try:
-        conn = await rpc.Connection.open(*target.manager_addr, timeout=1)
+        conn = await Connection.open(*target.manager_addr, timeout=1)
         try:
             reply = await conn.call(messages.ListWorkers(), deadline=time.time() + 1, trace_id="")
         finally:
@@ -178,7 +179,7 @@ async def _registered_ready(target: Target, pid: int) -> bool:
 async def allowances(target: Target) -> tuple[int, int]:
     """Connections the live tree may hold: the MySQL budget granted to live db_workers,
     and each live cache_worker's Redis pool bound."""
-    conn = await rpc.Connection.open(*target.manager_addr, timeout=2)
+    conn = await Connection.open(*target.manager_addr, timeout=2)
     try:
         reply = await conn.call(messages.ListWorkers(), deadline=time.time() + 2, trace_id="")
     finally:
@@ -191,7 +192,7 @@ async def allowances(target: Target) -> tuple[int, int]:
 
 async def _manager_answers(target: Target) -> bool:
     try:
-        conn = await rpc.Connection.open(*target.manager_addr, timeout=1)
+        conn = await Connection.open(*target.manager_addr, timeout=1)
         conn.close()
         return True
     except Exception:

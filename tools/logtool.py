@@ -38,7 +38,7 @@ from tools.logtool_read import (
     supervisor_events,
 )
 
-START_EVENTS = ("started", "listening")
+START_EVENTS = ("started", "listening", "running")
 _SKIP_IN_DETAIL = {"ts", "level", "actor", "pid", "event", "request_id", "duration_ms"}
 
 

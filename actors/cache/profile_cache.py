@@ -10,16 +10,10 @@ Keys (all single-key operations, so a Redis Cluster works as well):
   script that only replaces a lower version, so a slow fill never overwrites a newer
   change: the cache converges on the highest version MySQL has acknowledged.
 
-While Redis is unreachable a small circuit breaker fails every call at once
-(CacheUnavailable: callers go to MySQL) instead of letting each request pay a
-connect or read timeout; a background probe pings Redis every half second and
-closes the breaker when it answers. redis-py's own retries are limited to one
-reconnect on a broken pooled connection: its default (ten retries with back-off)
-would hold a request for seconds.
-
-A profile written (or a session revoked) while Redis could not be told is
-remembered, a bounded number of them, and repaired (profile deleted, session
-tombstoned) before the breaker closes. A restarted Redis has lost everything anyway,
+Every call goes through the worker's :class:`~actors.cache.redis_link.RedisLink`
+and its breaker. A profile written (or a session revoked) while Redis could not be
+told is remembered, a bounded number of them, and repaired (profile deleted,
+session tombstoned) before the breaker closes. A restarted Redis has lost everything anyway,
 but a Redis that was only cut off still holds the old copy, which would otherwise be
 served until its TTL ran out. Past the bound the oldest entries are forgotten and
 their TTL is the limit on staleness.
@@ -29,27 +23,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 import structlog
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
-from actors.cache.redis_fast import FastRedis
+from actors.cache.redis_link import RedisLink
 from actors.wire import messages
 from actors.wire.errors import CacheUnavailable
 
 log = structlog.get_logger("profile_cache")
 
 REVOKED = b"revoked"
-PROBE_EVERY_S = 0.5  # how often an open breaker asks Redis whether it is back
 MAX_DIRTY = 10_000  # profiles and sessions remembered for repair, each
 
 _SET_IF_NEWER = """
@@ -78,31 +66,6 @@ if not p then return {s} end
 return {s, p}
 """
 
-# Login throttling (actors/web/throttle.py): fixed windows of failures per key.
-_THROTTLE_CHECK = """
-local wait, counted = 0, 0
-for i, key in ipairs(KEYS) do
-  local n = tonumber(redis.call('GET', key) or '0')
-  if n > 0 then counted = 1 end
-  if n >= tonumber(ARGV[i]) then
-    local ttl = redis.call('PTTL', key)
-    if ttl > wait then wait = ttl end
-  end
-end
-return {wait, counted}
-"""
-_THROTTLE_UPDATE = """
-local failed = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  if i <= failed then
-    if redis.call('INCR', key) == 1 then redis.call('PEXPIRE', key, ARGV[2]) end
-  else
-    redis.call('DEL', key)
-  end
-end
-return 1
-"""
-THROTTLE_PREFIX = "uh:t:"
 
 _user_encoder = msgspec.json.Encoder()
 _user_decoder = msgspec.json.Decoder(messages.User)
@@ -116,40 +79,18 @@ class CachedSession:
 
 
 class ProfileCache:
-    def __init__(self, url: str, pool_size: int, profile_ttl_s: int) -> None:
-        self._redis = aioredis.Redis.from_url(
-            url,
-            max_connections=pool_size,
-            socket_timeout=1.0,
-            socket_connect_timeout=1.0,
-            health_check_interval=30,
-            # One reconnect for a pooled connection that a Redis restart broke; a
-            # timeout is not retried (a black-holed Redis would cost it again).
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        )
+    def __init__(self, link: RedisLink, profile_ttl_s: int) -> None:
+        self._link = link
+        self._call = link.call
+        self._read = link.read
+        self._redis = link.redis
+        self._fast = link.fast
         self._profile_ttl_s = profile_ttl_s
         self._set_if_newer = self._redis.register_script(_SET_IF_NEWER)
         self._read_script = self._redis.register_script(_READ_PROFILE)
-        self._throttle_check = self._redis.register_script(_THROTTLE_CHECK)
-        self._throttle_update = self._redis.register_script(_THROTTLE_UPDATE)
-        # The two hot reads (a session, then its profile) take a leaner path than
-        # redis-py's client (actors/cache/redis_fast.py); TLS or socket URLs keep redis-py.
-        try:
-            self._fast: FastRedis | None = FastRedis(url, connections=2, timeout=1.0)
-        except ValueError:
-            self._fast = None
-        self._open = False  # the breaker: True while Redis is considered down
-        self._prober: asyncio.Task[None] | None = None
         self._dirty_users: dict[int, None] = {}  # insertion-ordered: oldest first
         self._dirty_sessions: dict[str, int] = {}  # token hash -> tombstone TTL
-        self.trips = 0
-
-    async def close(self) -> None:
-        if self._prober is not None:
-            self._prober.cancel()
-        if self._fast is not None:
-            self._fast.close()
-        await self._redis.aclose()
+        link.on_repair(self._repair)
 
     # -- sessions ---------------------------------------------------------------------
 
@@ -260,76 +201,14 @@ class ProfileCache:
                     raise
         return await self._set_if_newer(keys=[key], args=[value, version, ttl])
 
-    def _read(self, *args: Any) -> Awaitable[Any]:
-        if self._fast is not None:
-            return self._fast.execute(*args)
-        return self._redis.execute_command(*args)  # type: ignore[no-untyped-call]
+    # -- repair after a cut ------------------------------------------------------------
 
-    # -- login throttling --------------------------------------------------------------------
-
-    async def throttle_check(
-        self, keys: tuple[str, ...], limits: tuple[int, ...]
-    ) -> tuple[int, bool]:
-        """Milliseconds until every key is under its limit (0: now), and whether any
-        key has failures on record."""
-        found = await self._call(
-            lambda: self._throttle_check(
-                keys=[THROTTLE_PREFIX + k for k in keys], args=list(limits)
-            )
-        )
-        return int(found[0]), bool(int(found[1]))
-
-    async def throttle_update(
-        self, failed: tuple[str, ...], cleared: tuple[str, ...], window_s: int
-    ) -> None:
-        keys = [THROTTLE_PREFIX + k for k in (*failed, *cleared)]
-        await self._call(
-            lambda: self._throttle_update(keys=keys, args=[len(failed), max(1, window_s) * 1000])
-        )
-
-    # -- the breaker ----------------------------------------------------------------------
-
-    async def _call(self, operation: Callable[[], Awaitable[Any]]) -> Any:
-        if self._open:
-            raise CacheUnavailable("Redis is unreachable (circuit open)")
-        try:
-            return await operation()
-        except (RedisConnectionError, RedisTimeoutError, OSError, RuntimeError) as exc:
-            # RuntimeError: uvloop's answer to a write on a transport the peer reset.
-            self._trip(exc)  # unreachable: stop asking for a moment
-            raise CacheUnavailable(f"Redis failed: {exc}") from None
-        except RedisError as exc:
-            raise CacheUnavailable(f"Redis failed: {exc}") from None
-
-    def _trip(self, exc: BaseException) -> None:
-        if self._open:
-            return
-        self._open = True
-        self.trips += 1
-        log.warning("cache_circuit_open", error=str(exc), trips=self.trips)
-        if self._prober is None or self._prober.done():
-            self._prober = asyncio.get_running_loop().create_task(self._probe_until_back())
-
-    async def _probe_until_back(self) -> None:
-        """Ping Redis until it answers, repair what it missed, then close the breaker."""
-        started = time.monotonic()
-        while True:
-            await asyncio.sleep(PROBE_EVERY_S)
-            try:
-                await self._redis.ping()
-                await self._repair()
-            except Exception:  # whatever it was, Redis is not back yet: keep probing
-                continue
-            self._open = False
-            log.info("cache_circuit_closed", down_s=round(time.monotonic() - started, 3))
-            return
-
-    async def _repair(self) -> None:
+    async def _repair(self, redis: aioredis.Redis) -> None:
         """Drop profiles and tombstone sessions whose update Redis never received."""
         while self._dirty_users or self._dirty_sessions:
             users = list(self._dirty_users)[:500]
             sessions = list(self._dirty_sessions.items())[:500]
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = redis.pipeline(transaction=False)
             for user_id in users:
                 pipe.delete(_ukey(user_id))
             for token_hash, ttl in sessions:

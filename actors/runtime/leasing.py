@@ -22,7 +22,9 @@ from dataclasses import dataclass
 import structlog
 
 from actors.runtime import metrics
-from actors.wire import messages, rpc
+from actors.runtime.breaker import BreakerSet
+from actors.wire import messages
+from actors.wire.client import Connection
 from actors.wire.errors import (
     Busy,
     ConnectionLost,
@@ -31,7 +33,7 @@ from actors.wire.errors import (
     NoWorker,
     UserhubError,
 )
-from actors.wire.messages import Message
+from actors.wire.messages import R, Request
 
 log = structlog.get_logger("leasing")
 
@@ -50,21 +52,21 @@ class ManagerLink:
 
     def __init__(self, addr: tuple[str, int]) -> None:
         self.addr = addr
-        self._conn: rpc.Connection | None = None
+        self._conn: Connection | None = None
         self._lock = asyncio.Lock()
 
-    async def call(self, message: Message, timeout: float = _MANAGER_TIMEOUT_S) -> Message:
+    async def call(self, message: Request[R], timeout: float = _MANAGER_TIMEOUT_S) -> R:
         conn = await self._connection(timeout)
         try:
             return await conn.call(message, deadline=time.time() + timeout, trace_id="")
         except ConnectionLost as exc:
             raise ManagerUnavailable(str(exc)) from None
 
-    async def _connection(self, timeout: float) -> rpc.Connection:
+    async def _connection(self, timeout: float) -> Connection:
         async with self._lock:
             if self._conn is None or not self._conn.is_open:
                 try:
-                    self._conn = await rpc.Connection.open(*self.addr, timeout=timeout)
+                    self._conn = await Connection.open(*self.addr, timeout=timeout)
                 except ConnectionLost as exc:
                     raise ManagerUnavailable(str(exc)) from None
             return self._conn
@@ -87,7 +89,7 @@ class _Peer:
     """An open connection to one worker address, and the calls riding on it."""
 
     addr: tuple[str, int]
-    conn: rpc.Connection
+    conn: Connection
     in_flight: int = 0
     retiring: bool = False
     unleased_since: float | None = None
@@ -103,12 +105,13 @@ class WorkerPool:
         self._want = max(1, want)
         self._leases: dict[str, _Lease] = {}
         self._peers: dict[tuple[str, int], _Peer] = {}
-        self._broken: dict[str, float] = {}  # worker id -> until when we keep away
-        self._broken_addrs: dict[tuple[str, int], float] = {}
+        # Workers that failed are left alone for a moment, by id (for AcquireLease's
+        # exclude list) and by address (ids change when the manager restarts).
+        self._broken: BreakerSet[str] = BreakerSet(_BREAKER_S)
+        self._broken_addrs: BreakerSet[tuple[str, int]] = BreakerSet(_BREAKER_S)
         self._wake = asyncio.Event()
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[None] | None = None
-        self._waiting = 0
         self._gauge_leases = metrics.LEASES_HELD.labels(caller, kind)
         self._gauge_size = metrics.POOL_SIZE.labels(caller, kind)
         self._gauge_in_use = metrics.POOL_IN_USE.labels(caller, kind)
@@ -145,8 +148,8 @@ class WorkerPool:
     # -- calls ------------------------------------------------------------------------
 
     async def call(
-        self, message: Message, *, deadline: float, trace_id: str, retry: bool = True
-    ) -> Message:
+        self, message: Request[R], *, deadline: float, trace_id: str, retry: bool = True
+    ) -> R:
         """Send to the least-busy leased worker; on a dead or busy worker try another.
 
         ``retry`` is for idempotent requests (and writes that carry an idempotency
@@ -198,14 +201,12 @@ class WorkerPool:
                 await asyncio.sleep(min(remaining, 0.02))
                 continue
             self._wake.set()
-            self._waiting += 1
             self._gauge_waiting.inc()
             try:
                 await asyncio.wait_for(asyncio.shield(self._changed), timeout=min(remaining, 0.1))
             except TimeoutError:
                 pass
             finally:
-                self._waiting -= 1
                 self._gauge_waiting.dec()
 
     def _notify(self) -> None:
@@ -217,10 +218,10 @@ class WorkerPool:
 
     def _peer_failed(self, peer: _Peer, reason: str) -> None:
         self._drop_peer(peer, reason)
-        self._broken_addrs[peer.addr] = time.monotonic() + _BREAKER_S
+        self._broken_addrs.trip(peer.addr)
         for lease in self._leases.values():
             if lease.addr == peer.addr:
-                self._broken[lease.worker_id] = time.monotonic() + _BREAKER_S
+                self._broken.trip(lease.worker_id)
         self._wake.set()
 
     def _drop_peer(self, peer: _Peer, reason: str) -> None:
@@ -248,12 +249,10 @@ class WorkerPool:
 
     async def _maintain_once(self) -> None:
         now = time.monotonic()
-        self._broken = {w: t for w, t in self._broken.items() if t > now}
-        self._broken_addrs = {a: t for a, t in self._broken_addrs.items() if t > now}
         manager_ok = await self._renew_due()
         # Leases whose worker we cannot reach go back; the breaker keeps us away.
         for lease in list(self._leases.values()):
-            if lease.addr in self._broken_addrs:
+            if self._broken_addrs.is_open(lease.addr):
                 await self._give_back(lease)
                 continue
             if lease.addr not in self._peers:
@@ -293,14 +292,13 @@ class WorkerPool:
             except UserhubError as exc:
                 log.info("manager_unreachable", kind=self.kind, error=exc.code)
                 return False
-            assert isinstance(reply, messages.LeaseRenewed)
             lease.renew_at = now + reply.ttl_s / 3
         return True
 
     async def _lease_more(self) -> bool:
         while len(self._leases) < self._want:
             held = {lease.worker_id for lease in self._leases.values()}
-            exclude = tuple(held | set(self._broken))
+            exclude = tuple(held | self._broken.open_keys())
             try:
                 reply = await self._link.call(messages.AcquireLease(self.kind, exclude=exclude))
             except NoWorker:
@@ -308,7 +306,6 @@ class WorkerPool:
             except UserhubError as exc:
                 log.info("manager_unreachable", kind=self.kind, error=exc.code)
                 return False
-            assert isinstance(reply, messages.LeaseGranted)
             lease = _Lease(
                 lease_id=reply.lease_id,
                 worker_id=reply.worker_id,
@@ -316,8 +313,8 @@ class WorkerPool:
                 renew_at=time.monotonic() + reply.ttl_s / 3,
             )
             self._leases[lease.lease_id] = lease
-            if lease.addr in self._broken_addrs:
-                self._broken[lease.worker_id] = self._broken_addrs[lease.addr]
+            if self._broken_addrs.is_open(lease.addr):
+                self._broken.trip(lease.worker_id)
                 await self._give_back(lease)
                 continue
             if lease.addr not in self._peers:
@@ -328,11 +325,11 @@ class WorkerPool:
 
     async def _connect(self, lease: _Lease) -> None:
         try:
-            conn = await rpc.Connection.open(*lease.addr, timeout=_CONNECT_TIMEOUT_S)
+            conn = await Connection.open(*lease.addr, timeout=_CONNECT_TIMEOUT_S)
         except ConnectionLost as exc:
             log.info("worker_unreachable", kind=self.kind, peer=lease.addr, error=str(exc))
-            self._broken[lease.worker_id] = time.monotonic() + _BREAKER_S
-            self._broken_addrs[lease.addr] = time.monotonic() + _BREAKER_S
+            self._broken.trip(lease.worker_id)
+            self._broken_addrs.trip(lease.addr)
             await self._give_back(lease)
             return
         peer = _Peer(addr=lease.addr, conn=conn)

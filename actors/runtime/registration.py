@@ -17,7 +17,8 @@ import msgspec
 import structlog
 
 from actors.runtime.config import CommonConfig
-from actors.wire import messages, rpc
+from actors.wire import messages
+from actors.wire.client import Connection
 from actors.wire.errors import UserhubError
 
 log = structlog.get_logger("registration")
@@ -39,7 +40,6 @@ class Registration:
         ready: Callable[[], bool],
         in_flight: Callable[[], int],
         mysql_wanted: int = 0,
-        metrics_addr: str = "",
     ) -> None:
         self._common = common
         self._register = messages.Register(
@@ -48,7 +48,6 @@ class Registration:
             port=port,
             capacity=capacity,
             pid=os.getpid(),
-            metrics_addr=metrics_addr,
             mysql_wanted=mysql_wanted,
         )
         self._ready = ready
@@ -56,7 +55,7 @@ class Registration:
         self.worker_id = ""
         self.mysql_granted = asyncio.get_running_loop().create_future()
         self.registrations = 0
-        self._conn: rpc.Connection | None = None
+        self._conn: Connection | None = None
 
     async def run(self) -> None:
         """Register and heartbeat forever; reconnect with capped backoff on any failure."""
@@ -82,10 +81,9 @@ class Registration:
     async def _session(self) -> None:
         host, port = self._common.manager_addr
         timeout = 2.0
-        self._conn = conn = await rpc.Connection.open(host, port, timeout=timeout)
+        self._conn = conn = await Connection.open(host, port, timeout=timeout)
         msg = msgspec.structs.replace(self._register, ready=self._ready())
         reply = await conn.call(msg, deadline=time.time() + timeout, trace_id="")
-        assert isinstance(reply, messages.Registered)
         self.worker_id = reply.worker_id
         self.registrations += 1
         if not self.mysql_granted.done():

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from actors.wire.errors import CallerError
+from actors.wire.errors import CsrfFailed
 
 FIELD: Final = "csrf_token"
 COOKIE: Final = "userhub_csrf"
@@ -53,13 +53,6 @@ SECRET_BYTES: Final = 32
 MIN_ENV_SECRET_CHARS: Final = 32
 _BROWSER_ID_CHARS: Final = 43  # base64url of 32 bytes, unpadded
 _CONTEXT: Final = b"userhub-csrf-v1\0"
-
-
-class CsrfFailed(CallerError):
-    """The form did not carry a valid token: it is stale, or it came from another site."""
-
-    code = "csrf_failed"
-    http_status = 403
 
 
 def load_secret(var_dir: Path, env_secret: str = "") -> bytes:

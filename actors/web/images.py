@@ -23,7 +23,8 @@ them fully and keeps only freshly encoded pixels:
 * it is re-encoded with no metadata at all (no EXIF, no ICC profile, no XMP, no
   comments): as PNG when it has transparency, otherwise as progressive JPEG at
   quality 85;
-* its key is the SHA-256 of the output, in hex, with ``.png`` or ``.jpg``.
+* its key is the SHA-256 of the output, in hex, with ``.png`` or ``.jpg``
+  (:mod:`actors.rules.image_keys`).
 
 Any failure on the way is an :class:`~actors.wire.errors.InvalidInput` (field
 ``avatar``), apart from a body over the size limit (:class:`PayloadTooLarge`) and
@@ -33,30 +34,21 @@ exception escapes.
 :func:`validate_avatar` is synchronous and CPU-bound; callers run it in a thread
 (``asyncio.to_thread``). It only reads its argument and returns a value.
 
-Storage is content-addressed: the same picture always has the same key, so a put is
-idempotent and a stored file never changes, which is what lets ``/avatars/{key}``
-be served with long-lived cache headers. :class:`LocalImageStore` keeps files in a
-local directory; any object with the methods of :class:`ImageStore` (an
-S3-compatible store, say) can take its place.
+Where the result is kept is :mod:`actors.web.image_store`'s business.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hashlib
 import io
-import os
-import re
 import struct
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Final, Protocol, runtime_checkable
+from typing import Final
 
 from PIL import Image, ImageCms, ImageOps
 
+from actors.rules import image_keys
 from actors.wire.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 MAX_UPLOAD_BYTES: Final = 2 * 1024 * 1024
@@ -64,11 +56,6 @@ MAX_PIXELS: Final = 16_000_000
 MAX_SIDE: Final = 8192
 OUTPUT_MAX_SIDE: Final = 512
 JPEG_QUALITY: Final = 85
-
-#: A valid image key: 64 lower-case hex digits of SHA-256 and the output type.
-KEY_RE: Final = re.compile(r"\A[0-9a-f]{64}\.(?:png|jpg)\Z")
-
-_CONTENT_TYPES: Final = {".png": "image/png", ".jpg": "image/jpeg"}
 
 # What each magic-byte family may turn out to be once Pillow has parsed the header.
 # A JPEG with several pictures (some phone cameras write them) opens as MPO.
@@ -130,13 +117,6 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def content_type_for_key(key: str) -> str:
-    """The MIME type to serve a stored image with; a key that is not valid is refused."""
-    if not isinstance(key, str) or not KEY_RE.match(key):
-        raise InvalidInput("not a valid image key", field="avatar")
-    return _CONTENT_TYPES[key[-4:]]
-
-
 def validate_avatar(data: bytes) -> StoredImage:
     """Check an uploaded picture and return it re-encoded, without metadata, with its key.
 
@@ -160,8 +140,9 @@ def validate_avatar(data: bytes) -> StoredImage:
     picture = _decode(data, kind)
     with _refused_as(_CORRUPT):
         output, ext = _encode(picture)
-    key = hashlib.sha256(output).hexdigest() + ext
-    return StoredImage(key=key, data=output, content_type=_CONTENT_TYPES[ext])
+    return StoredImage(
+        key=image_keys.key_for(output, ext), data=output, content_type=image_keys.CONTENT_TYPES[ext]
+    )
 
 
 @contextlib.contextmanager
@@ -268,117 +249,3 @@ def _encode(img: Image.Image) -> tuple[bytes, str]:
         return buffer.getvalue(), ".png"
     clean.save(buffer, format="JPEG", quality=JPEG_QUALITY, progressive=True, optimize=True)
     return buffer.getvalue(), ".jpg"
-
-
-# -- storage ----------------------------------------------------------------------------
-
-
-@runtime_checkable
-class ImageStore(Protocol):
-    """Where validated pictures live; keys come from :func:`validate_avatar`."""
-
-    async def put(self, image: StoredImage) -> None:
-        """Store the image under its key; storing the same key again is a no-op."""
-        ...
-
-    async def get(self, key: str) -> bytes | None:
-        """The stored bytes, or ``None`` when the key is unknown or not a valid key."""
-        ...
-
-    async def exists(self, key: str) -> bool:
-        """Whether an image is stored under this key."""
-        ...
-
-
-class LocalImageStore:
-    """Content-addressed files under ``root``, fanned out as ``root/ab/cd/<key>``.
-
-    Two levels of two hex digits keep each directory small (65,536 leaf directories)
-    however many pictures there are. Writes go to a temporary file in the same
-    directory, are flushed to disk and then renamed over the final name, so a reader
-    sees the whole file or none of it, even across a crash. File I/O runs in a thread
-    so the event loop never waits on the disk.
-    """
-
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self._root = Path(root)
-
-    @property
-    def root(self) -> Path:
-        return self._root
-
-    def path_for(self, key: str) -> Path | None:
-        """The file a key maps to, or ``None`` for anything that is not a valid key.
-
-        Checking against :data:`KEY_RE` is also what keeps a key taken from a URL
-        (``../../etc/passwd``) from naming a path outside ``root``.
-        """
-        if not isinstance(key, str) or not KEY_RE.match(key):
-            return None
-        return self._root / key[0:2] / key[2:4] / key
-
-    async def put(self, image: StoredImage) -> None:
-        """Store ``image``; a bad key or data not matching it is a bug: ValueError."""
-        path = self.path_for(image.key)
-        if path is None:
-            raise ValueError(f"not a valid image key: {image.key!r}")
-        if hashlib.sha256(image.data).hexdigest() != image.key[:64]:
-            raise ValueError("image data does not match its key")
-        await asyncio.to_thread(_write_once, path, image.data)
-
-    async def get(self, key: str) -> bytes | None:
-        path = self.path_for(key)
-        if path is None:
-            return None
-        return await asyncio.to_thread(_read_or_none, path)
-
-    async def exists(self, key: str) -> bool:
-        path = self.path_for(key)
-        if path is None:
-            return False
-        return await asyncio.to_thread(path.is_file)
-
-
-def _write_once(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, unless it is already there.
-
-    The key is the hash of the content, so a file that exists already holds these
-    very bytes and is left alone.
-    """
-    if path.is_file():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp's 0600 would hide it from a static file server
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable: the database will soon point at this file."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot fsync a directory; the rename still happened
-    finally:
-        os.close(fd)
-
-
-def _read_or_none(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None

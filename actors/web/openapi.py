@@ -16,7 +16,7 @@ from aiohttp import web
 
 from actors.rules import validation
 from actors.web import images
-from actors.web.common import MAX_JSON_BYTES
+from actors.web.bodies import MAX_JSON_BYTES
 
 PATH: Final = "/api/v1/openapi.json"
 

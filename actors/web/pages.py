@@ -2,7 +2,7 @@
 
 Every page is rendered on the server and every action is a plain HTML form, so the
 site works with JavaScript off. The handlers only translate between forms and the
-flows of :class:`actors.web.api.Services`, which the JSON API uses too; nothing
+flows of :mod:`actors.web.flows`, which the JSON API uses too; nothing
 about accounts, sessions, throttling or pictures is decided here.
 
 The rules each handler follows:
@@ -24,14 +24,23 @@ from typing import Final
 
 from aiohttp import BodyPartReader, web
 
-from actors.rules import tokens, validation
+from actors.rules import validation
 from actors.runtime.config import GatewayConfig
-from actors.web import api, csrf
-from actors.web.common import avatar_url, session_cookie_name
+from actors.web import csrf, flows
+from actors.web.bodies import read_avatar_part
+from actors.web.cookies import (
+    clear_session_cookie,
+    cookie_token_hash,
+    session_cookie_name,
+    set_session_cookie,
+)
 from actors.web.render import Renderer, redirect
+from actors.web.services import SERVICES
+from actors.web.views import avatar_url
 from actors.wire import messages
 from actors.wire.errors import (
     CallerError,
+    CsrfFailed,
     InvalidCredentials,
     InvalidInput,
     PayloadTooLarge,
@@ -70,6 +79,10 @@ def page(handler: _Handler) -> _Handler:
 # -- helpers ------------------------------------------------------------------------------
 
 
+def _secure(request: web.Request) -> bool:
+    return request.app[SERVICES].config.secure_cookies
+
+
 async def read_form(request: web.Request) -> dict[str, str]:
     """A small url-encoded form, CSRF-checked; file fields are not expected here."""
     if request.content_type not in _FORM_TYPES:
@@ -84,9 +97,7 @@ async def read_form(request: web.Request) -> dict[str, str]:
 
 def session_hash(request: web.Request) -> str | None:
     """The stored hash of the browser's session cookie; pages never look at headers."""
-    services = request.app[api.SERVICES]
-    token = request.cookies.get(session_cookie_name(services.config.secure_cookies), "")
-    return tokens.hash_token(token) if token else None
+    return cookie_token_hash(request, _secure(request))
 
 
 def hint_cookie_name(secure: bool) -> str:
@@ -100,7 +111,7 @@ def set_signed_in_hint(request: web.Request, response: web.StreamResponse, on: b
     drops it by itself; this browser-session cookie outlives it and lets the log-in
     page say "your session has expired" instead of a bare "please log in".
     """
-    secure = request.app[api.SERVICES].config.secure_cookies
+    secure = _secure(request)
     name = hint_cookie_name(secure)
     if on:
         response.set_cookie(name, "1", path="/", httponly=True, secure=secure, samesite="Lax")
@@ -111,16 +122,16 @@ def set_signed_in_hint(request: web.Request, response: web.StreamResponse, on: b
 def to_login(request: web.Request, reason: str) -> web.Response:
     """Back to the log-in page with a notice, dropping session cookies that no longer work."""
     response = redirect(f"/login?m={reason}")
-    services = request.app[api.SERVICES]
-    if session_cookie_name(services.config.secure_cookies) in request.cookies:
-        services.clear_session_cookie(response)
+    secure = _secure(request)
+    if session_cookie_name(secure) in request.cookies:
+        clear_session_cookie(response, secure)
     set_signed_in_hint(request, response, on=False)
     return response
 
 
 def no_session(request: web.Request) -> web.Response:
     """No usable session: "expired" if the browser had one, else "please log in"."""
-    secure = request.app[api.SERVICES].config.secure_cookies
+    secure = _secure(request)
     had_one = any(
         name in request.cookies for name in (session_cookie_name(secure), hint_cookie_name(secure))
     )
@@ -152,7 +163,6 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 @page
 async def login_submit(request: web.Request) -> web.StreamResponse:
-    services = request.app[api.SERVICES]
     form = await read_form(request)
     username, password = form.get("username", ""), form.get("password", "")
     errors: dict[str, str] = {}
@@ -164,7 +174,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     status = 422
     if not errors:
         try:
-            result = await services.log_in(request, username, password)
+            result = await flows.log_in(request, username, password)
         except (InvalidCredentials, InvalidInput):
             # One answer for an unknown user and a wrong password, whatever the cause.
             errors["form"] = "Wrong username or password."
@@ -176,11 +186,11 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
             old = session_hash(request)
             if old is not None:  # the browser's previous session ends here
                 try:
-                    await services.log_out(request, old)
+                    await flows.log_out(request, old)
                 except UserhubError:
                     pass  # it may have expired already; the new session stands either way
             response = redirect("/profile")
-            services.set_session_cookie(response, result)
+            set_session_cookie(response, result, _secure(request))
             set_signed_in_hint(request, response, on=True)
             rotate_browser_id(request, response)
             return response
@@ -201,11 +211,10 @@ async def signup_page(request: web.Request) -> web.StreamResponse:
 
 @page
 async def signup_submit(request: web.Request) -> web.StreamResponse:
-    services = request.app[api.SERVICES]
     form = await read_form(request)
     values = {"username": form.get("username", ""), "nickname": form.get("nickname", "")}
     try:
-        user = await services.sign_up(
+        user = await flows.sign_up(
             request, values["username"], form.get("password", ""), values["nickname"]
         )
     except CallerError as exc:
@@ -247,7 +256,7 @@ async def profile_page(request: web.Request) -> web.StreamResponse:
     if token_hash is None:
         return no_session(request)
     try:
-        user = await request.app[api.SERVICES].profile(request, token_hash)
+        user = await flows.profile(request, token_hash)
     except Unauthenticated:
         return to_login(request, "expired")
     return profile_response(request, user)
@@ -255,7 +264,6 @@ async def profile_page(request: web.Request) -> web.StreamResponse:
 
 @page
 async def nickname_submit(request: web.Request) -> web.StreamResponse:
-    services = request.app[api.SERVICES]
     form = await read_form(request)
     token_hash = session_hash(request)
     if token_hash is None:
@@ -263,12 +271,12 @@ async def nickname_submit(request: web.Request) -> web.StreamResponse:
     raw = form.get("nickname", "")
     try:
         nickname = validation.normalize_nickname(raw)
-        await services.change(request, token_hash, nickname=nickname)
+        await flows.change(request, token_hash, nickname=nickname)
     except Unauthenticated:
         return to_login(request, "expired")
     except CallerError as exc:
         try:
-            user = await services.profile(request, token_hash)
+            user = await flows.profile(request, token_hash)
         except Unauthenticated:
             return to_login(request, "expired")
         return profile_response(
@@ -298,7 +306,7 @@ async def read_avatar_form(request: web.Request) -> bytes:
             token = raw.decode("ascii", "replace")
         elif part.name == "avatar":
             forms.verify(request, token)  # the browser sends fields in page order
-            data = await api.read_avatar_part(part)
+            data = await read_avatar_part(part)
             if not data:
                 raise InvalidInput("Choose a picture to upload.", field="avatar")
             return data
@@ -308,24 +316,23 @@ async def read_avatar_form(request: web.Request) -> bytes:
 
 @page
 async def avatar_submit(request: web.Request) -> web.StreamResponse:
-    services = request.app[api.SERVICES]
     token_hash = session_hash(request)
     try:
         data = await read_avatar_form(request)
         if token_hash is None:
             return no_session(request)
-        await services.profile(request, token_hash)  # no orphan files for dead sessions
-        key = await services.store_avatar(data)
-        await services.change(request, token_hash, avatar_key=key)
+        await flows.profile(request, token_hash)  # no orphan files for dead sessions
+        key = await flows.store_avatar(request, data)
+        await flows.change(request, token_hash, avatar_key=key)
     except Unauthenticated:
         return to_login(request, "expired")
-    except csrf.CsrfFailed:
+    except CsrfFailed:
         raise
     except CallerError as exc:
         if token_hash is None:
             return no_session(request)
         try:
-            user = await services.profile(request, token_hash)
+            user = await flows.profile(request, token_hash)
         except Unauthenticated:
             return to_login(request, "expired")
         return profile_response(
@@ -336,16 +343,15 @@ async def avatar_submit(request: web.Request) -> web.StreamResponse:
 
 @page
 async def logout_submit(request: web.Request) -> web.StreamResponse:
-    services = request.app[api.SERVICES]
     await read_form(request)
     token_hash = session_hash(request)
     if token_hash is not None:
         try:
-            await services.log_out(request, token_hash)
+            await flows.log_out(request, token_hash)
         except Unauthenticated:
             pass  # already over; the cookie goes all the same
     response = redirect("/login?m=logged_out")
-    services.clear_session_cookie(response)
+    clear_session_cookie(response, _secure(request))
     set_signed_in_hint(request, response, on=False)
     rotate_browser_id(request, response)
     return response

@@ -26,7 +26,8 @@ from aiohttp import web
 
 from actors.rules import validation
 from actors.web import csrf, images
-from actors.wire.errors import NotFound, Throttled, UserhubError
+from actors.web.views import retry_after
+from actors.wire.errors import NotFound, UserhubError
 
 HERE: Final = Path(__file__).resolve().parent
 TEMPLATES_DIR: Final = HERE / "templates"
@@ -149,16 +150,11 @@ class Renderer:
 
     def error_page(self, request: web.Request, exc: UserhubError) -> web.Response:
         """A whole-page error (CSRF refusal, a dependency down) as HTML, not JSON."""
-        headers = {}
-        if isinstance(exc, Throttled):
-            headers["Retry-After"] = str(exc.retry_after_s)
-        elif exc.retriable:
-            headers["Retry-After"] = "1"
         return self.render(
             request,
             "error.html",
             status=exc.http_status,
-            headers=headers,
+            headers=retry_after(exc),
             code=exc.code,
             message=exc.message,
         )

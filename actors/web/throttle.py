@@ -25,6 +25,7 @@ import structlog
 from actors.runtime.leasing import WorkerPool
 from actors.wire import messages
 from actors.wire.errors import Throttled, UserhubError
+from actors.wire.messages import R, Request
 
 log = structlog.get_logger("throttle")
 
@@ -111,7 +112,6 @@ class SharedLoginThrottle:
             log.warning("throttle_local_only", error=exc.code)
             self.local.check(username, address)
             return True
-        assert isinstance(verdict, messages.ThrottleVerdict)
         if verdict.retry_after_s > 0:
             raise Throttled(
                 "too many failed logins, try again later", retry_after_s=verdict.retry_after_s
@@ -135,7 +135,7 @@ class SharedLoginThrottle:
         except UserhubError as exc:
             log.warning("throttle_not_recorded", error=exc.code)
 
-    async def _call(self, message: messages.Message, trace_id: str) -> messages.Message:
+    async def _call(self, message: Request[R], trace_id: str) -> R:
         return await self._cache.call(
             message, deadline=time.time() + self._timeout_s, trace_id=trace_id
         )

@@ -84,6 +84,13 @@ class Throttled(CallerError):
         self.retry_after_s = retry_after_s
 
 
+class CsrfFailed(CallerError):
+    """A form did not carry a valid CSRF token: it is stale, or it came from another site."""
+
+    code = "csrf_failed"
+    http_status = 403
+
+
 class LeaseUnknown(CallerError):
     """The pool manager does not know this lease (expired, or the manager restarted)."""
 

@@ -3,17 +3,38 @@
 Messages are immutable msgspec Structs encoded as JSON, so a captured packet stays
 readable and a new optional field (with a default) stays backward compatible. Each
 type has a stable numeric code that travels in the frame header; the body alone
-does not say what it is. Actors never touch raw bytes: :mod:`actors.wire.protocol` turns
-these records into frames and back.
+does not say what it is. Actors never touch raw bytes: :mod:`actors.wire.protocol`
+turns these records into frames and back.
+
+Every request names its reply: ``GetProfile`` is a ``Request[Profile]``. The caller's
+side (:meth:`actors.wire.rpc.Connection.call`) checks the type that comes back, and
+each actor accepts one union of requests (``DbWorkerRequest`` and its siblings at
+the end of this module) and dispatches on it with ``match``, so mypy proves every
+request of a role is handled and every call site gets the reply type it expects.
 """
 
 from __future__ import annotations
+
+import typing
+from typing import Annotated, Generic, TypeVar
 
 import msgspec
 
 
 class Message(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     """Base of every message. Unknown fields are ignored for forward compatibility."""
+
+
+R = TypeVar("R", bound=Message)
+
+
+class Request(Message, Generic[R], frozen=True):
+    """A message that asks for an answer; ``R`` is the type of a successful reply."""
+
+
+#: SHA-256 of a session token, as lowercase hex. The shape is checked when a frame is
+#: decoded, so no handler ever sees anything else under this name.
+TokenHash = Annotated[str, msgspec.Meta(pattern=r"\A[0-9a-f]{64}\Z")]
 
 
 # -- generic -------------------------------------------------------------------------
@@ -30,11 +51,7 @@ class Error(Message, frozen=True):
 
 
 class Ack(Message, frozen=True):
-    pass
-
-
-class Ping(Message, frozen=True):
-    pass
+    """The reply to a request that has nothing to say but "done"."""
 
 
 class Pong(Message, frozen=True):
@@ -42,20 +59,11 @@ class Pong(Message, frozen=True):
     pid: int = 0
 
 
+class Ping(Request[Pong], frozen=True):
+    pass
+
+
 # -- pool manager: registration of workers ------------------------------------------
-
-
-class Register(Message, frozen=True):
-    """A worker announces itself on a connection it keeps open for its whole life."""
-
-    kind: str  # "db_worker" | "cache_worker"
-    host: str
-    port: int
-    capacity: int
-    pid: int
-    metrics_addr: str = ""
-    mysql_wanted: int = 0  # db_workers: connections wanted from the global budget
-    ready: bool = False
 
 
 class Registered(Message, frozen=True):
@@ -64,21 +72,28 @@ class Registered(Message, frozen=True):
     heartbeat_interval_s: float = 1.0
 
 
-class Heartbeat(Message, frozen=True):
-    in_flight: int = 0
-    ready: bool = True
+class Register(Request[Registered], frozen=True):
+    """A worker announces itself on a connection it keeps open for its whole life."""
+
+    kind: str  # "db_worker" | "cache_worker"
+    host: str
+    port: int
+    capacity: int
+    pid: int
+    mysql_wanted: int = 0  # db_workers: connections wanted from the global budget
+    ready: bool = False
 
 
 class HeartbeatAck(Message, frozen=True):
     pass
 
 
+class Heartbeat(Request[HeartbeatAck], frozen=True):
+    in_flight: int = 0
+    ready: bool = True
+
+
 # -- pool manager: leases -------------------------------------------------------------
-
-
-class AcquireLease(Message, frozen=True):
-    kind: str
-    exclude: tuple[str, ...] = ()
 
 
 class LeaseGranted(Message, frozen=True):
@@ -89,20 +104,21 @@ class LeaseGranted(Message, frozen=True):
     ttl_s: float
 
 
-class RenewLease(Message, frozen=True):
-    lease_id: str
+class AcquireLease(Request[LeaseGranted], frozen=True):
+    kind: str
+    exclude: tuple[str, ...] = ()
 
 
 class LeaseRenewed(Message, frozen=True):
     ttl_s: float
 
 
-class ReleaseLease(Message, frozen=True):
+class RenewLease(Request[LeaseRenewed], frozen=True):
     lease_id: str
 
 
-class ListWorkers(Message, frozen=True):
-    kind: str = ""
+class ReleaseLease(Request[Ack], frozen=True):
+    lease_id: str
 
 
 class WorkerInfo(Message, frozen=True):
@@ -116,7 +132,6 @@ class WorkerInfo(Message, frozen=True):
     leases: int
     in_flight: int
     mysql_granted: int
-    metrics_addr: str = ""
 
 
 class WorkerList(Message, frozen=True):
@@ -126,7 +141,11 @@ class WorkerList(Message, frozen=True):
     leases: int = 0
 
 
-# -- users and sessions -------------------------------------------------------------
+class ListWorkers(Request[WorkerList], frozen=True):
+    kind: str = ""
+
+
+# -- users and sessions: db_worker ----------------------------------------------------
 
 
 class User(Message, frozen=True):
@@ -140,16 +159,11 @@ class User(Message, frozen=True):
     version: int
 
 
-class CreateUser(Message, frozen=True):
+class CreateUser(Request[User], frozen=True):
     username: str
     password: str
     nickname: str
     idempotency_key: str = ""
-
-
-class Login(Message, frozen=True):
-    username: str
-    password: str
 
 
 class LoginResult(Message, frozen=True):
@@ -159,10 +173,9 @@ class LoginResult(Message, frozen=True):
     idle_timeout_s: float
 
 
-class ResolveSession(Message, frozen=True):
-    """db_worker: who owns this session (by token hash), if it is still valid."""
-
-    token_hash: str
+class Login(Request[LoginResult], frozen=True):
+    username: str
+    password: str
 
 
 class SessionInfo(Message, frozen=True):
@@ -172,13 +185,19 @@ class SessionInfo(Message, frozen=True):
     idle_timeout_s: float
 
 
-class TouchSession(Message, frozen=True):
+class ResolveSession(Request[SessionInfo], frozen=True):
+    """db_worker: who owns this session (by token hash), if it is still valid."""
+
+    token_hash: TokenHash
+
+
+class TouchSession(Request[Ack], frozen=True):
     """db_worker: record activity on a session so its idle expiry slides."""
 
-    token_hash: str
+    token_hash: TokenHash
 
 
-class UpdateUser(Message, frozen=True):
+class UpdateUser(Request[User], frozen=True):
     """db_worker: change a user's nickname and/or avatar; applied at most once per key."""
 
     user_id: int
@@ -187,16 +206,13 @@ class UpdateUser(Message, frozen=True):
     avatar_key: str | None = None
 
 
-class EndSession(Message, frozen=True):
+class EndSession(Request[Ack], frozen=True):
     """db_worker: delete a session (log out)."""
 
-    token_hash: str
+    token_hash: TokenHash
 
 
-class GetProfile(Message, frozen=True):
-    """cache_worker: the profile of the session's owner."""
-
-    token_hash: str
+# -- profiles and sessions: cache_worker ----------------------------------------------
 
 
 class Profile(Message, frozen=True):
@@ -204,29 +220,28 @@ class Profile(Message, frozen=True):
     cache_hit: bool = False
 
 
-class UpdateProfile(Message, frozen=True):
+class GetProfile(Request[Profile], frozen=True):
+    """cache_worker: the profile of the session's owner."""
+
+    token_hash: TokenHash
+
+
+class UpdateProfile(Request[Profile], frozen=True):
     """cache_worker: change the session owner's profile, then refresh the cache."""
 
-    token_hash: str
+    token_hash: TokenHash
     idempotency_key: str
     nickname: str | None = None
     avatar_key: str | None = None
 
 
-class Logout(Message, frozen=True):
+class Logout(Request[Ack], frozen=True):
     """cache_worker: end the session in MySQL and revoke it in the cache."""
 
-    token_hash: str
+    token_hash: TokenHash
 
 
 # -- login throttling, shared by every gateway (counted in Redis by a cache_worker) ----
-
-
-class ThrottleCheck(Message, frozen=True):
-    """cache_worker: is any of these failure counters at its limit?"""
-
-    keys: tuple[str, ...]
-    limits: tuple[int, ...]
 
 
 class ThrottleVerdict(Message, frozen=True):
@@ -234,12 +249,35 @@ class ThrottleVerdict(Message, frozen=True):
     counted: bool = False  # some key has failures on record (a success should clear)
 
 
-class ThrottleUpdate(Message, frozen=True):
+class ThrottleCheck(Request[ThrottleVerdict], frozen=True):
+    """cache_worker: is any of these failure counters at its limit?"""
+
+    keys: tuple[str, ...]
+    limits: tuple[int, ...]
+
+
+class ThrottleUpdate(Request[Ack], frozen=True):
     """cache_worker: count a failure under ``failed`` keys, forget ``cleared`` ones."""
 
     failed: tuple[str, ...] = ()
     cleared: tuple[str, ...] = ()
     window_s: int = 60
+
+
+# -- what each actor accepts -----------------------------------------------------------
+
+ManagerRequest = (
+    Register | Heartbeat | AcquireLease | RenewLease | ReleaseLease | ListWorkers | Ping
+)
+DbWorkerRequest = (
+    CreateUser | Login | ResolveSession | TouchSession | UpdateUser | EndSession | Ping
+)
+CacheWorkerRequest = GetProfile | UpdateProfile | Logout | ThrottleCheck | ThrottleUpdate | Ping
+
+
+def members(union: object) -> tuple[type[Message], ...]:
+    """The message classes of one of the unions above, for run-time checks."""
+    return typing.get_args(union)
 
 
 # -- the registry of wire codes (never reuse or renumber a code) --------------------
@@ -280,3 +318,25 @@ TYPE_CODES: dict[type[Message], int] = {
 }
 
 TYPES_BY_CODE: dict[int, type[Message]] = {code: cls for cls, code in TYPE_CODES.items()}
+
+
+def _reply_of(cls: type[Message]) -> type[Message] | None:
+    for base in getattr(cls, "__orig_bases__", ()):
+        if typing.get_origin(base) is Request:
+            (reply,) = typing.get_args(base)
+            return typing.cast(type[Message], reply)
+    return None
+
+
+_REPLY_TYPES: dict[type[Message], type[Message]] = {
+    cls: reply for cls in TYPE_CODES if (reply := _reply_of(cls)) is not None
+}
+
+
+def reply_type(request: Request[R]) -> type[R]:
+    """The message class a successful reply to ``request`` must have."""
+    return typing.cast(type[R], _REPLY_TYPES[type(request)])
+
+
+def is_request(message: Message) -> bool:
+    return type(message) in _REPLY_TYPES

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from actors.web.common import BODY_TIMEOUT_S, HTTP_IDLE_TIMEOUT_S, MAX_JSON_BYTES
+from actors.web.bodies import BODY_TIMEOUT_S, HTTP_IDLE_TIMEOUT_S, MAX_JSON_BYTES
 from tests.integration.conftest import Account, unique_name
 from tests.integration.tree import Tree
 

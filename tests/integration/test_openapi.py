@@ -33,7 +33,9 @@ from schemathesis.specs.openapi.checks import (
 
 from actors import gateway
 from actors.runtime.config import GatewayConfig
-from actors.web import api, images, openapi
+from actors.web import openapi
+from actors.web.image_store import LocalImageStore
+from actors.web.services import Services
 from actors.web.throttle import Limits, LoginThrottle, SharedLoginThrottle
 from tests.integration.conftest import API_ANSWERS, sign_up_and_log_in, unique_name
 from tests.integration.tree import Tree
@@ -53,11 +55,11 @@ def test_every_api_route_is_documented_and_nothing_else(
     for name, value in tree.env.items():
         monkeypatch.setenv(name, value)
     config = GatewayConfig.from_env()
-    services = api.Services(
+    services = Services(
         config=config,
         db=cast(Any, None),
         cache=cast(Any, None),
-        images=images.LocalImageStore(config.image_dir),
+        images=LocalImageStore(config.image_dir),
         throttle=SharedLoginThrottle(LoginThrottle(Limits(1, 1, 1, 1.0)), cast(Any, None)),
     )
     app = gateway.build_app(services)

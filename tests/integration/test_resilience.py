@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
-from actors.wire import messages, protocol, rpc
+from actors.wire import messages, protocol
+from actors.wire.client import Connection
 from tests.integration.conftest import Account, sign_up_and_log_in
 from tests.integration.tree import Tree, wait_until
 
@@ -165,7 +166,7 @@ async def test_malformed_and_oversized_frames_close_only_that_connection(
     http: aiohttp.ClientSession, tree: Tree
 ) -> None:
     worker = next(w for w in tree.workers("cache_worker").workers if w.ready)
-    good = await rpc.Connection.open(worker.host, worker.port, timeout=2)
+    good = await Connection.open(worker.host, worker.port, timeout=2)
     try:
         garbage = socket.create_connection((worker.host, worker.port), timeout=2)
         garbage.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"\x00" * 64)

@@ -22,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from actors.wire import messages, rpc
+from actors.wire import messages
+from actors.wire.client import Connection
 from bench.private_tree import env_sh
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,7 +127,7 @@ class Tree:
             return pool.submit(asyncio.run, self._workers(kind)).result(timeout=10)
 
     async def _workers(self, kind: str) -> messages.WorkerList:
-        conn = await rpc.Connection.open(*self.manager_addr, timeout=2)
+        conn = await Connection.open(*self.manager_addr, timeout=2)
         try:
             reply = await conn.call(
                 messages.ListWorkers(kind), deadline=time.time() + 2, trace_id=""

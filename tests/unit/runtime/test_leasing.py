@@ -1,7 +1,7 @@
 """actors.runtime.leasing: WorkerPool and ManagerLink against a real PoolManager and fake workers.
 
 Everything runs in the test process on loopback port 0: a PoolManager, and a few fake
-workers, each an rpc.Server that answers Pong with its own marker and keeps itself
+workers, each a server that answers Pong with its own marker and keeps itself
 registered through actors.runtime.registration.Registration, like a real worker does.
 """
 
@@ -20,8 +20,9 @@ from actors.runtime import leasing, registration
 from actors.runtime.config import CommonConfig, ManagerConfig
 from actors.runtime.leasing import ManagerLink, WorkerPool
 from actors.runtime.registration import Registration
-from actors.wire import errors, messages, rpc
-from actors.wire.messages import Message
+from actors.wire import errors, messages
+from actors.wire.messages import Message, R, Request
+from actors.wire.server import Envelope, Server
 
 HOST = "127.0.0.1"
 KIND = "cache_worker"
@@ -89,12 +90,12 @@ class Manager:
 
 
 class FakeWorker:
-    """An rpc.Server answering Pong(kind=marker), registered like a real worker."""
+    """A server answering Ping with Pong(kind=marker), registered like a real worker."""
 
     def __init__(self, marker: str, common: CommonConfig) -> None:
         self.marker = marker
         self.common = common
-        self.server = rpc.Server(self.handle)
+        self.server: Server[messages.Ping] = Server("fake_worker", self.handle, (messages.Ping,))
         self.hold: asyncio.Event | None = None  # when set, calls wait for it
         self.calls = 0
         self.ready = True
@@ -102,7 +103,7 @@ class FakeWorker:
         self.registration: Registration | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def handle(self, request: rpc.Request) -> Message:
+    async def handle(self, request: Envelope[messages.Ping]) -> Message:
         self.calls += 1
         if self.hold is not None:
             await self.hold.wait()
@@ -142,7 +143,7 @@ class RecordingLink(ManagerLink):
         super().__init__(addr)
         self.renewals: list[str] = []
 
-    async def call(self, message: Message, timeout: float = 1.0) -> Message:
+    async def call(self, message: Request[R], timeout: float = 1.0) -> R:
         try:
             reply = await super().call(message, timeout)
         except errors.UserhubError as exc:
@@ -214,7 +215,6 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
 
 async def ping(pool: WorkerPool, *, timeout: float = 1.0, retry: bool = True) -> str:
     reply = await pool.call(messages.Ping(), deadline=dl(timeout), trace_id="", retry=retry)
-    assert isinstance(reply, messages.Pong)
     return reply.kind
 
 
@@ -234,7 +234,7 @@ async def test_manager_link_calls_and_reconnects(env: Env) -> None:
     link = ManagerLink((HOST, env.manager.port))
     env.links.append(link)
     reply = await link.call(messages.Ping())
-    assert isinstance(reply, messages.Pong) and reply.kind == "pool_manager"
+    assert reply.kind == "pool_manager"
     with pytest.raises(errors.NoWorker):
         await link.call(messages.AcquireLease(KIND))
     await env.manager.stop()

@@ -1,6 +1,6 @@
 """actors.runtime.registration: register, heartbeat, and register again, against loopback managers.
 
-A scripted manager (an rpc.Server whose handler records what it is sent) checks what
+A scripted manager (an Server whose handler records what it is sent) checks what
 goes on the wire; the real PoolManager checks the MySQL grant and re-registration.
 """
 
@@ -18,8 +18,9 @@ from actors.pool_manager import PoolManager
 from actors.runtime import registration
 from actors.runtime.config import CommonConfig, ManagerConfig
 from actors.runtime.registration import Registration
-from actors.wire import messages, rpc
-from actors.wire.messages import Message
+from actors.wire import messages
+from actors.wire.messages import ManagerRequest, Message, members
+from actors.wire.server import Envelope, Server
 
 HOST = "127.0.0.1"
 
@@ -50,11 +51,13 @@ class ScriptedManager:
         self.mysql_granted = mysql_granted
         self.received: list[tuple[str, Message]] = []
         self.hang_up_on: set[type[Message]] = set()  # cut the connection instead of answering
-        self.server = rpc.Server(self.handle)
+        self.server: Server[ManagerRequest] = Server(
+            "manager", self.handle, members(ManagerRequest)
+        )
         self.port = 0
         self._ids = 0
 
-    async def handle(self, request: rpc.Request) -> Message:
+    async def handle(self, request: Envelope[ManagerRequest]) -> Message:
         msg = request.message
         self.received.append((request.peer, msg))
         if type(msg) in self.hang_up_on:
@@ -86,7 +89,7 @@ class Running:
         self.tmp_path = tmp_path
         self.tasks: list[asyncio.Task[None]] = []
         self.registrations: list[Registration] = []
-        self.servers: list[rpc.Server] = []
+        self.servers: list[Server] = []
 
     def start(
         self,
@@ -107,7 +110,6 @@ class Running:
             ready=ready,
             in_flight=in_flight,
             mysql_wanted=mysql_wanted,
-            metrics_addr="127.0.0.1:9100",
         )
         self.registrations.append(reg)
         self.tasks.append(asyncio.create_task(reg.run()))
@@ -156,7 +158,6 @@ async def test_register_message_describes_the_worker(run: Running) -> None:
         port=9123,
         capacity=64,
         pid=os.getpid(),
-        metrics_addr="127.0.0.1:9100",
         mysql_wanted=17,
         ready=False,  # what ready() says at the time
     )

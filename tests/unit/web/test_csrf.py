@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 from concurrent.futures import ProcessPoolExecutor
 from http.cookies import SimpleCookie
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from actors.web import csrf
-from actors.web.api import Services
-from actors.wire import messages
+from actors.wire.errors import CsrfFailed
 
 SECRET = b"k" * 32
 
@@ -52,7 +49,7 @@ def test_a_token_is_accepted_only_with_the_browser_id_it_was_made_for() -> None:
         (request(browser), "é" * 43),
         (request("short"), forms.token_for("short")),  # not a browser id we issue
     ]:
-        with pytest.raises(csrf.CsrfFailed):
+        with pytest.raises(CsrfFailed):
             forms.verify(req, tok)
 
 
@@ -61,7 +58,7 @@ def test_another_secret_makes_other_tokens() -> None:
     one = csrf.Csrf(SECRET, secure=False)
     two = csrf.Csrf(b"z" * 32, secure=False)
     assert one.token_for(browser) != two.token_for(browser)
-    with pytest.raises(csrf.CsrfFailed):
+    with pytest.raises(CsrfFailed):
         one.verify(request(browser), two.token_for(browser))
 
 
@@ -74,7 +71,7 @@ def test_cross_site_requests_are_refused_even_with_a_token() -> None:
         {"Origin": "http://example.test.evil.example"},
         {"Sec-Fetch-Site": "cross-site"},
     ):
-        with pytest.raises(csrf.CsrfFailed):
+        with pytest.raises(CsrfFailed):
             forms.verify(request(browser, **headers), token)
     # Same origin, same site, and browsers that send "null" (the token decides) pass.
     for headers in (
@@ -99,27 +96,6 @@ def test_the_browser_id_cookie_flags(secure: bool) -> None:
     assert bool(morsel["secure"]) is secure
     assert not morsel["domain"], "__Host- cookies may not name a domain"
     forms.verify(request(browser, secure=secure), forms.token_for(browser))
-
-
-@pytest.mark.parametrize("secure", [False, True])
-def test_the_session_cookie_flags(secure: bool) -> None:
-    services = Services(
-        config=SimpleNamespace(secure_cookies=secure),  # type: ignore[arg-type]
-        db=None,  # type: ignore[arg-type]
-        cache=None,  # type: ignore[arg-type]
-        images=None,  # type: ignore[arg-type]
-        throttle=None,  # type: ignore[arg-type]
-    )
-    user = messages.User(1, "ann", "Ann", None, time.time(), 1)
-    result = messages.LoginResult("t" * 43, user, time.time() + 3600, 1800.0)
-    response = web.Response()
-    services.set_session_cookie(response, result)
-    name = "__Host-userhub_session" if secure else "userhub_session"
-    morsel = set_cookie(response)[name]
-    assert morsel["httponly"] and morsel["samesite"] == "Lax" and morsel["path"] == "/"
-    assert bool(morsel["secure"]) is secure
-    assert not morsel["domain"]
-    assert 3590 <= int(morsel["max-age"]) <= 3600, "ends with the absolute expiry"
 
 
 def test_the_secret_file_is_made_once_private_and_reused(tmp_path: Path) -> None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import stat
 import struct
 import warnings
 import zlib
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,14 +15,11 @@ from hypothesis import strategies as st
 from PIL import Image, ImageCms
 from PIL.PngImagePlugin import PngInfo
 
+from actors.rules.image_keys import KEY_RE
 from actors.web.images import (
-    KEY_RE,
     MAX_UPLOAD_BYTES,
     OUTPUT_MAX_SIDE,
-    ImageStore,
-    LocalImageStore,
     StoredImage,
-    content_type_for_key,
     sniff_format,
     validate_avatar,
 )
@@ -433,17 +428,7 @@ def test_damaged_images_are_an_image_or_invalid(
     assert_well_formed(stored)
 
 
-# -- keys -------------------------------------------------------------------------------------
-
-
-def test_keys_and_content_types() -> None:
-    hex64 = "ab" * 32
-    assert content_type_for_key(hex64 + ".png") == "image/png"
-    assert content_type_for_key(hex64 + ".jpg") == "image/jpeg"
-    for bad in [hex64 + ".gif", hex64.upper() + ".png", hex64[:-1] + ".png", hex64 + ".png\n", ""]:
-        assert not KEY_RE.match(bad)
-        with pytest.raises(InvalidInput):
-            content_type_for_key(bad)
+# -- formats ----------------------------------------------------------------------------------
 
 
 def test_sniff_format() -> None:
@@ -453,63 +438,3 @@ def test_sniff_format() -> None:
     assert sniff_format(encode(Image.new("RGB", (2, 2)), "WEBP")) == "WEBP"
     assert sniff_format(b"RIFF\0\0\0\0WAVE") is None
     assert sniff_format(b"") is None
-
-
-# -- the local store --------------------------------------------------------------------------
-
-
-def files_under(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.is_file()]
-
-
-@pytest.fixture
-def stored() -> StoredImage:
-    return validate_avatar(encode(noisy((40, 40)), "PNG"))
-
-
-async def test_local_store_round_trip(tmp_path: Path, stored: StoredImage) -> None:
-    store = LocalImageStore(tmp_path)
-    assert isinstance(store, ImageStore)
-    assert not await store.exists(stored.key)
-    assert await store.get(stored.key) is None
-
-    await store.put(stored)
-    assert await store.exists(stored.key)
-    assert await store.get(stored.key) == stored.data
-
-    path = tmp_path / stored.key[:2] / stored.key[2:4] / stored.key
-    assert store.path_for(stored.key) == path
-    assert path.read_bytes() == stored.data
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
-    assert files_under(tmp_path) == [path]  # no temporary file left behind
-
-
-async def test_local_store_put_is_idempotent(tmp_path: Path, stored: StoredImage) -> None:
-    store = LocalImageStore(str(tmp_path))
-    await store.put(stored)
-    path = store.path_for(stored.key)
-    assert path is not None
-    before = path.stat().st_mtime_ns
-    await store.put(stored)
-    assert path.stat().st_mtime_ns == before
-    assert await store.get(stored.key) == stored.data
-
-
-@pytest.mark.parametrize(
-    "key",
-    ["", "../../etc/passwd", "ab" * 32, "AB" * 32 + ".png", "ab" * 32 + ".png/../x", "x.png"],
-)
-async def test_local_store_bad_key(tmp_path: Path, key: str) -> None:
-    store = LocalImageStore(tmp_path)
-    assert store.path_for(key) is None
-    assert await store.get(key) is None
-    assert not await store.exists(key)
-
-
-async def test_local_store_refuses_mismatched_data(tmp_path: Path, stored: StoredImage) -> None:
-    store = LocalImageStore(tmp_path)
-    with pytest.raises(ValueError):
-        await store.put(StoredImage(key=stored.key, data=b"other", content_type="image/png"))
-    with pytest.raises(ValueError):
-        await store.put(StoredImage(key="nope", data=b"", content_type="image/png"))
-    assert files_under(tmp_path) == []

@@ -28,6 +28,13 @@ _struct_cache: dict[type, st.SearchStrategy[Any]] = {}
 
 def strategy_for_type(tp: Any) -> st.SearchStrategy[Any]:
     """A strategy for one field type as msgspec reports it (resolved annotations)."""
+    if typing.get_origin(tp) is typing.Annotated:
+        base, *extras = typing.get_args(tp)
+        patterns = [m.pattern for m in extras if isinstance(m, msgspec.Meta) and m.pattern]
+        if base is str and patterns:
+            (pattern,) = patterns
+            return st.from_regex(pattern, fullmatch=True)
+        raise AssertionError(f"no strategy for constrained field {tp!r}")
     if tp is str:
         return st.text()  # arbitrary unicode (hypothesis leaves out lone surrogates)
     if tp is bool:
@@ -575,3 +582,12 @@ def test_every_code_maps_to_its_class() -> None:
         with pytest.raises(cls) as info:
             protocol.raise_error(messages.Error(code=code, message="m"))
         assert type(info.value) is cls
+
+
+@pytest.mark.parametrize(
+    "token_hash", ["ab" * 32 + "\n", "AB" * 32, "ab" * 31, "ab" * 33, "zz" * 32, ""]
+)
+def test_a_malformed_token_hash_does_not_decode(token_hash: str) -> None:
+    frame = protocol.encode(messages.GetProfile(token_hash), call_id=1, deadline=2e9, trace_id="")
+    with pytest.raises(ProtocolError, match="token_hash"):
+        protocol.FrameDecoder().feed(frame)

@@ -1,4 +1,4 @@
-"""The frame protocol as a state machine, against a real rpc.Server on loopback.
+"""The frame protocol as a state machine, against a real Server on loopback.
 
 Hypothesis drives a handful of raw client connections through any interleaving of:
 a well-formed request, the first part of a frame, the rest of it, collecting replies,
@@ -33,25 +33,25 @@ from hypothesis.stateful import (
     rule,
 )
 
-from actors.wire import errors, messages, protocol, rpc
+from actors.wire import errors, messages, protocol
+from actors.wire.client import Connection
 from actors.wire.messages import Message
+from actors.wire.server import Envelope, Server
 
 HOST = "127.0.0.1"
-TRACE = "5a" * 16
 T = TypeVar("T")
 WAIT_S = 3.0  # far above what any step needs on loopback; only a broken server waits it out
 
 
 def expected_reply(n: int) -> Message:
-    """What the handler answers to Heartbeat(in_flight=n)."""
+    """What the handler answers to a Ping whose trace id carries ``n``."""
     if n % 5 == 0:
         return protocol.error_message(errors.InvalidInput(f"refused {n}", field="n"))
     return messages.Pong(kind="echo", pid=n)
 
 
-async def handler(request: rpc.Request) -> Message:
-    assert isinstance(request.message, messages.Heartbeat)
-    n = request.message.in_flight
+async def handler(request: Envelope[messages.Ping]) -> Message:
+    n = int(request.trace_id, 16)
     await asyncio.sleep((n % 3) * 0.002)  # replies come back out of order
     if n % 5 == 0:
         raise errors.InvalidInput(f"refused {n}", field="n")
@@ -60,7 +60,7 @@ async def handler(request: rpc.Request) -> Message:
 
 def request_frame(n: int, call_id: int) -> bytes:
     return protocol.encode(
-        messages.Heartbeat(in_flight=n), call_id=call_id, deadline=time.time() + 30, trace_id=TRACE
+        messages.Ping(), call_id=call_id, deadline=time.time() + 30, trace_id=f"{n:032x}"
     )
 
 
@@ -147,7 +147,9 @@ class ProtocolMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.server = rpc.Server(handler, max_connections=64)
+        self.server: Server[messages.Ping] = Server(
+            "echo", handler, (messages.Ping,), max_connections=64
+        )
         self.port = 0
         self.names = itertools.count(1)
         self.numbers = itertools.count(1)
@@ -276,10 +278,10 @@ class ProtocolMachine(RuleBasedStateMachine):
     @rule()
     def new_connection_is_served(self) -> None:
         async def go() -> Message:
-            conn = await rpc.Connection.open(HOST, self.port, timeout=WAIT_S)
+            conn = await Connection.open(HOST, self.port, timeout=WAIT_S)
             try:
                 return await conn.call(
-                    messages.Heartbeat(in_flight=1), deadline=time.time() + WAIT_S, trace_id=TRACE
+                    messages.Ping(), deadline=time.time() + WAIT_S, trace_id=f"{1:032x}"
                 )
             finally:
                 conn.close()

@@ -1,4 +1,9 @@
-"""actors.wire.rpc over real loopback sockets: multiplexing, errors, deadlines, limits, drain."""
+"""actors.wire.client and actors.wire.server over real loopback sockets.
+
+Multiplexing, errors, typed replies, deadlines, limits and drain. Every call here is
+a ``Ping``; a handler tells calls apart by their trace id (``trace(n)`` carries a
+number, ``SLOW``/``QUICK`` a role), so each request gets the reply type it names.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,27 @@ from typing import Any
 
 import pytest
 
-from actors.wire import errors, messages, protocol, rpc
+from actors.wire import client, errors, messages, protocol
+from actors.wire.client import Connection
 from actors.wire.messages import Message
+from actors.wire.server import Envelope, Server
 
 HOST = "127.0.0.1"
 TRACE = "0f" * 16
+SLOW = "51" * 16
+QUICK = "0a" * 16
+ALL_REQUESTS = tuple(cls for cls in messages.TYPE_CODES if issubclass(cls, messages.Request))
+
+Handler = Callable[[Envelope[Message]], Awaitable[Message]]
+
+
+def trace(n: int) -> str:
+    """A trace id that carries the number ``n`` to the handler."""
+    return f"{n:032x}"
+
+
+def number(envelope: Envelope[Message]) -> int:
+    return int(envelope.trace_id, 16)
 
 
 def dl(seconds: float) -> float:
@@ -55,20 +76,20 @@ class Harness:
     """Starts servers and connections for one test and tears all of them down."""
 
     def __init__(self) -> None:
-        self.servers: list[rpc.Server] = []
-        self.conns: list[rpc.Connection] = []
+        self.servers: list[Server[Message]] = []
+        self.conns: list[Connection] = []
         self.writers: list[asyncio.StreamWriter] = []
         self.raw_servers: list[asyncio.Server] = []
         self.gates: list[asyncio.Event] = []
 
-    async def server(self, handler: rpc.Handler, **kw: Any) -> tuple[rpc.Server, int]:
-        server = rpc.Server(handler, **kw)
+    async def server(self, handler: Handler, **kw: Any) -> tuple[Server[Message], int]:
+        server: Server[Message] = Server("test", handler, ALL_REQUESTS, **kw)
         _, port = await server.start(HOST, 0)
         self.servers.append(server)
         return server, port
 
-    async def connect(self, port: int) -> rpc.Connection:
-        conn = await rpc.Connection.open(HOST, port, timeout=1.0)
+    async def connect(self, port: int) -> Connection:
+        conn = await Connection.open(HOST, port, timeout=1.0)
         self.conns.append(conn)
         return conn
 
@@ -119,7 +140,7 @@ class Harness:
             writer.close()
         for server in self.servers:
             await server.drain(0.5)
-            for peer in list(server._connections):
+            for peer in list(server.connections):
                 server.close_peer(peer)
         for raw_server in self.raw_servers:
             raw_server.close()
@@ -136,7 +157,7 @@ async def h() -> AsyncIterator[Harness]:
         await harness.close()
 
 
-async def echo(request: rpc.Request) -> Message:
+async def echo(request: Envelope[Message]) -> Message:
     return messages.Pong(kind="echo", pid=0)
 
 
@@ -147,9 +168,8 @@ async def test_concurrent_calls_matched_to_replies_out_of_order(h: Harness) -> N
     finished: list[int] = []
     seen_traces: dict[int, str] = {}
 
-    async def handler(request: rpc.Request) -> Message:
-        assert isinstance(request.message, messages.Heartbeat)
-        n = request.message.in_flight
+    async def handler(request: Envelope[Message]) -> Message:
+        n = number(request)
         seen_traces[n] = request.trace_id
         await asyncio.sleep(random.uniform(0, 0.05))
         finished.append(n)
@@ -160,32 +180,28 @@ async def test_concurrent_calls_matched_to_replies_out_of_order(h: Harness) -> N
     count = 300
 
     async def one(i: int) -> None:
-        trace = f"{i:032x}"
-        reply = await conn.call(messages.Heartbeat(in_flight=i), deadline=dl(2), trace_id=trace)
-        assert reply == messages.Pong(kind=trace, pid=i)
+        reply = await conn.call(messages.Ping(), deadline=dl(2), trace_id=trace(i))
+        assert reply == messages.Pong(kind=trace(i), pid=i)
 
     async with asyncio.timeout(2):
         await asyncio.gather(*(one(i) for i in range(count)))
     assert sorted(finished) == list(range(count))
     assert finished != list(range(count)), "handler should have answered out of order"
-    assert seen_traces == {i: f"{i:032x}" for i in range(count)}
+    assert seen_traces == {i: trace(i) for i in range(count)}
     assert conn.in_flight == 0
     assert conn.is_open
 
 
 async def test_many_connections_share_one_server(h: Harness) -> None:
-    async def handler(request: rpc.Request) -> Message:
-        assert isinstance(request.message, messages.Heartbeat)
+    async def handler(request: Envelope[Message]) -> Message:
         await asyncio.sleep(random.uniform(0, 0.02))
-        return messages.Pong(pid=request.message.in_flight)
+        return messages.Pong(pid=number(request))
 
     _, port = await h.server(handler)
     conns = [await h.connect(port) for _ in range(5)]
 
     async def one(c: int, i: int) -> None:
-        reply = await conns[c].call(
-            messages.Heartbeat(in_flight=c * 1000 + i), deadline=dl(2), trace_id=TRACE
-        )
+        reply = await conns[c].call(messages.Ping(), deadline=dl(2), trace_id=trace(c * 1000 + i))
         assert reply == messages.Pong(pid=c * 1000 + i)
 
     async with asyncio.timeout(2):
@@ -208,7 +224,7 @@ RAISED = [
 async def test_handler_userhub_error_reaches_caller(h: Harness, exc: errors.UserhubError) -> None:
     hooked: list[BaseException] = []
 
-    async def handler(request: rpc.Request) -> Message:
+    async def handler(request: Envelope[Message]) -> Message:
         raise exc
 
     _, port = await h.server(handler, on_error=lambda req, e: hooked.append(e))
@@ -228,37 +244,42 @@ async def test_handler_userhub_error_reaches_caller(h: Harness, exc: errors.User
     assert conn.is_open
 
 
+BOOM = "b0" * 16
+BUGGY = "bb" * 16
+WRONG = "e0" * 16
+
+
 async def test_plain_exception_becomes_internal_error_and_server_keeps_serving(
     h: Harness,
 ) -> None:
-    async def handler(request: rpc.Request) -> Message:
-        if isinstance(request.message, messages.Ping):
+    async def handler(request: Envelope[Message]) -> Message:
+        if request.trace_id == BOOM:
             raise RuntimeError("secret detail that must not leak")
-        if isinstance(request.message, messages.Ack):
+        if request.trace_id == BUGGY:
             return None  # type: ignore[return-value]  # a buggy handler
+        if request.trace_id == WRONG:
+            return messages.Ack()  # a reply of another type than Ping names
         return messages.Pong(kind="fine")
 
     server, port = await h.server(handler)
     conn = await h.connect(port)
     for _ in range(3):
         with pytest.raises(errors.UserhubError) as info:
-            await conn.call(messages.Ping(), deadline=dl(1), trace_id=TRACE)
+            await conn.call(messages.Ping(), deadline=dl(1), trace_id=BOOM)
         assert type(info.value) is errors.InternalError
         assert info.value.code == "internal"
         assert "secret" not in info.value.message
-        assert await conn.call(messages.Heartbeat(), deadline=dl(1), trace_id=TRACE) == (
+        assert await conn.call(messages.Ping(), deadline=dl(1), trace_id=QUICK) == (
             messages.Pong(kind="fine")
         )
     with pytest.raises(errors.InternalError):
-        await conn.call(messages.Ack(), deadline=dl(1), trace_id=TRACE)
+        await conn.call(messages.Ping(), deadline=dl(1), trace_id=BUGGY)
+    with pytest.raises(errors.InternalError, match="not Pong"):
+        await conn.call(messages.Ping(), deadline=dl(1), trace_id=WRONG)
     # mixed, concurrently
     results = await asyncio.gather(
         *(
-            conn.call(
-                messages.Ping() if i % 2 else messages.Heartbeat(),
-                deadline=dl(1),
-                trace_id=TRACE,
-            )
+            conn.call(messages.Ping(), deadline=dl(1), trace_id=BOOM if i % 2 else QUICK)
             for i in range(20)
         ),
         return_exceptions=True,
@@ -272,12 +293,51 @@ async def test_plain_exception_becomes_internal_error_and_server_keeps_serving(
     assert server.stats.in_flight == 0
 
 
+async def test_a_request_outside_the_accepted_union_is_refused_unhandled(h: Harness) -> None:
+    handled: list[Message] = []
+
+    async def handler(request: Envelope[Message]) -> Message:
+        handled.append(request.message)
+        return messages.Pong()
+
+    server: Server[messages.Ping] = Server("pinger", handler, (messages.Ping,))
+    _, port = await server.start(HOST, 0)
+    h.servers.append(server)  # type: ignore[arg-type]
+    conn = await h.connect(port)
+    with pytest.raises(errors.CallerError, match="pinger does not handle ListWorkers"):
+        await conn.call(messages.ListWorkers(), deadline=dl(1), trace_id=TRACE)
+    assert await conn.call(messages.Ping(), deadline=dl(1), trace_id=TRACE) == messages.Pong()
+    assert handled == [messages.Ping()]
+    assert conn.is_open
+
+
+async def test_a_reply_of_the_wrong_type_is_a_protocol_error_and_closes(h: Harness) -> None:
+    async def respond(frame: protocol.Frame, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            protocol.encode(
+                messages.HeartbeatAck(),  # a well-formed frame, but no answer to a Ping
+                call_id=frame.call_id,
+                deadline=frame.deadline,
+                trace_id=frame.trace_id,
+                response=True,
+            )
+        )
+
+    port = await h.fake_peer(respond)
+    conn = await h.connect(port)
+    with pytest.raises(errors.ProtocolError, match="answered Ping with HeartbeatAck"):
+        await conn.call(messages.Ping(), deadline=dl(1), trace_id=TRACE)
+    async with asyncio.timeout(1):
+        await conn.wait_closed()
+    assert "HeartbeatAck is no answer to Ping" in conn.close_reason
+
+
 # -- deadlines ------------------------------------------------------------------------------
 
 
 async def test_deadline_exceeded_in_about_the_deadline(h: Harness) -> None:
-    async def handler(request: rpc.Request) -> Message:
-        if isinstance(request.message, messages.Ping):
+    async def handler(request: Envelope[Message]) -> Message:
+        if request.trace_id == SLOW:
             await asyncio.sleep(10)
         return messages.Pong(kind="quick")
 
@@ -285,44 +345,42 @@ async def test_deadline_exceeded_in_about_the_deadline(h: Harness) -> None:
     conn = await h.connect(port)
     start = time.monotonic()
     with pytest.raises(errors.DeadlineExceeded):
-        await conn.call(messages.Ping(), deadline=dl(0.3), trace_id=TRACE)
+        await conn.call(messages.Ping(), deadline=dl(0.3), trace_id=SLOW)
     elapsed = time.monotonic() - start
     assert 0.25 <= elapsed < 0.6
     # the connection survives, and the server gave up on the work at the same deadline
     assert conn.is_open
-    assert await conn.call(messages.Heartbeat(), deadline=dl(1), trace_id=TRACE) == (
+    assert await conn.call(messages.Ping(), deadline=dl(1), trace_id=QUICK) == (
         messages.Pong(kind="quick")
     )
     await until(lambda: server.stats.in_flight == 0)
 
 
 async def test_call_with_past_deadline_fails_without_sending(h: Harness) -> None:
-    calls: list[Message] = []
+    calls: list[str] = []
 
-    async def handler(request: rpc.Request) -> Message:
-        calls.append(request.message)
+    async def handler(request: Envelope[Message]) -> Message:
+        calls.append(request.trace_id)
         return messages.Pong()
 
     _, port = await h.server(handler)
     conn = await h.connect(port)
     with pytest.raises(errors.DeadlineExceeded):
-        await conn.call(messages.Ping(), deadline=dl(-1), trace_id=TRACE)
-    assert await conn.call(messages.Heartbeat(), deadline=dl(1), trace_id=TRACE) == (
-        messages.Pong()
-    )
-    assert calls == [messages.Heartbeat()]
+        await conn.call(messages.Ping(), deadline=dl(-1), trace_id=SLOW)
+    assert await conn.call(messages.Ping(), deadline=dl(1), trace_id=QUICK) == messages.Pong()
+    assert calls == [QUICK]
 
 
 async def test_late_reply_after_deadline_does_not_break_connection(h: Harness) -> None:
     late_sent = asyncio.Event()
 
     async def respond(frame: protocol.Frame, writer: asyncio.StreamWriter) -> None:
-        if isinstance(frame.message, messages.Ping):  # the slow one: answer after its deadline
+        if frame.trace_id == SLOW:  # the slow one: answer after its deadline
             await asyncio.sleep(frame.deadline - time.time() + 0.15)
             late_sent.set()
         writer.write(
             protocol.encode(
-                messages.Pong(kind=type(frame.message).__name__),
+                messages.Pong(kind=frame.trace_id),
                 call_id=frame.call_id,
                 deadline=frame.deadline,
                 trace_id=frame.trace_id,
@@ -334,30 +392,29 @@ async def test_late_reply_after_deadline_does_not_break_connection(h: Harness) -
     conn = await h.connect(port)
     start = time.monotonic()
     with pytest.raises(errors.DeadlineExceeded):
-        await conn.call(messages.Ping(), deadline=dl(0.2), trace_id=TRACE)
+        await conn.call(messages.Ping(), deadline=dl(0.2), trace_id=SLOW)
     assert time.monotonic() - start < 0.5
     async with asyncio.timeout(1):
         await late_sent.wait()
     await asyncio.sleep(0.05)  # let the late reply arrive and be discarded
     assert conn.is_open, conn.close_reason
-    reply = await conn.call(messages.Heartbeat(), deadline=dl(1), trace_id=TRACE)
-    assert reply == messages.Pong(kind="Heartbeat")
+    reply = await conn.call(messages.Ping(), deadline=dl(1), trace_id=QUICK)
+    assert reply == messages.Pong(kind=QUICK)
 
 
 async def test_server_drops_request_whose_deadline_has_passed(h: Harness) -> None:
     handled: list[int] = []
 
-    async def handler(request: rpc.Request) -> Message:
-        assert isinstance(request.message, messages.Heartbeat)
-        handled.append(request.message.in_flight)
-        return messages.Pong(pid=request.message.in_flight)
+    async def handler(request: Envelope[Message]) -> Message:
+        handled.append(number(request))
+        return messages.Pong(pid=number(request))
 
     _, port = await h.server(handler)
     reader, writer = await h.raw(port)
 
     def request(call_id: int, deadline: float) -> bytes:
         return protocol.encode(
-            messages.Heartbeat(in_flight=call_id), call_id=call_id, deadline=deadline, trace_id=""
+            messages.Ping(), call_id=call_id, deadline=deadline, trace_id=trace(call_id)
         )
 
     writer.write(request(1, dl(-1)) + request(2, dl(2)) + request(3, 1.0))
@@ -377,9 +434,9 @@ async def test_max_in_flight_answers_busy(h: Harness) -> None:
     gate = h.gate()
     started = 0
 
-    async def handler(request: rpc.Request) -> Message:
+    async def handler(request: Envelope[Message]) -> Message:
         nonlocal started
-        if isinstance(request.message, messages.Heartbeat):
+        if request.trace_id == SLOW:
             started += 1
             await gate.wait()
         return messages.Pong(kind="done")
@@ -388,7 +445,7 @@ async def test_max_in_flight_answers_busy(h: Harness) -> None:
     conn = await h.connect(port)
     other = await h.connect(port)
     slow = [
-        asyncio.create_task(conn.call(messages.Heartbeat(), deadline=dl(2), trace_id=TRACE))
+        asyncio.create_task(conn.call(messages.Ping(), deadline=dl(2), trace_id=SLOW))
         for _ in range(2)
     ]
     await until(lambda: started == 2)
@@ -520,7 +577,7 @@ async def test_server_closing_fails_in_flight_calls_promptly(h: Harness) -> None
     peers: set[str] = set()
     started = 0
 
-    async def handler(request: rpc.Request) -> Message:
+    async def handler(request: Envelope[Message]) -> Message:
         nonlocal started
         peers.add(request.peer)
         started += 1
@@ -566,7 +623,7 @@ async def test_connect_refused_is_connection_lost(h: Harness) -> None:
     server.close()
     await server.wait_closed()
     with pytest.raises(errors.ConnectionLost):
-        await rpc.Connection.open(HOST, port, timeout=1.0)
+        await Connection.open(HOST, port, timeout=1.0)
 
 
 # -- a client seeing a corrupt stream -------------------------------------------------------
@@ -660,10 +717,10 @@ async def test_request_frame_echoed_to_client_fails_call_promptly(h: Harness) ->
 async def test_timeouts_over_time_do_not_kill_a_healthy_connection(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rpc, "_MAX_ABANDONED", 3)
+    monkeypatch.setattr(client, "_MAX_ABANDONED", 3)
 
-    async def handler(request: rpc.Request) -> Message:
-        if isinstance(request.message, messages.Ping):
+    async def handler(request: Envelope[Message]) -> Message:
+        if request.trace_id == SLOW:
             await asyncio.sleep(10)  # the server times this out and, by design, never replies
         return messages.Pong(kind="quick")
 
@@ -671,9 +728,9 @@ async def test_timeouts_over_time_do_not_kill_a_healthy_connection(
     conn = await h.connect(port)
     for _ in range(4):
         with pytest.raises(errors.DeadlineExceeded):
-            await conn.call(messages.Ping(), deadline=dl(0.05), trace_id=TRACE)
+            await conn.call(messages.Ping(), deadline=dl(0.05), trace_id=SLOW)
         # the server answers quick requests in between: it is not "behind"
-        assert await conn.call(messages.Heartbeat(), deadline=dl(1), trace_id=TRACE) == (
+        assert await conn.call(messages.Ping(), deadline=dl(1), trace_id=QUICK) == (
             messages.Pong(kind="quick")
         )
 
@@ -685,19 +742,16 @@ async def test_drain_finishes_in_flight_and_refuses_new_work(h: Harness) -> None
     gate = h.gate()
     started = 0
 
-    async def handler(request: rpc.Request) -> Message:
+    async def handler(request: Envelope[Message]) -> Message:
         nonlocal started
-        assert isinstance(request.message, messages.Heartbeat)
         started += 1
         await gate.wait()
-        return messages.Pong(pid=request.message.in_flight)
+        return messages.Pong(pid=number(request))
 
     server, port = await h.server(handler)
     conn = await h.connect(port)
     in_flight = [
-        asyncio.create_task(
-            conn.call(messages.Heartbeat(in_flight=i), deadline=dl(2), trace_id=TRACE)
-        )
+        asyncio.create_task(conn.call(messages.Ping(), deadline=dl(2), trace_id=trace(i)))
         for i in range(3)
     ]
     await until(lambda: started == 3)
@@ -705,10 +759,10 @@ async def test_drain_finishes_in_flight_and_refuses_new_work(h: Harness) -> None
     await until(lambda: server.stats.draining)
     # new work on an existing connection: Busy, at once
     with pytest.raises(errors.Busy):
-        await conn.call(messages.Heartbeat(in_flight=99), deadline=dl(1), trace_id=TRACE)
+        await conn.call(messages.Ping(), deadline=dl(1), trace_id=trace(99))
     # new connections: refused (the listening socket is closed)
     with pytest.raises(errors.ConnectionLost):
-        await rpc.Connection.open(HOST, port, timeout=0.5)
+        await Connection.open(HOST, port, timeout=0.5)
     assert not drain.done()
     gate.set()
     async with asyncio.timeout(1):
@@ -722,7 +776,7 @@ async def test_drain_finishes_in_flight_and_refuses_new_work(h: Harness) -> None
 async def test_drain_timeout_cancels_stuck_work(h: Harness) -> None:
     started = asyncio.Event()
 
-    async def handler(request: rpc.Request) -> Message:
+    async def handler(request: Envelope[Message]) -> Message:
         started.set()
         await asyncio.sleep(10)
         return messages.Pong()
@@ -746,7 +800,7 @@ async def test_drain_timeout_cancels_stuck_work(h: Harness) -> None:
 async def test_drain_closes_client_connections(h: Harness) -> None:
     started = asyncio.Event()
 
-    async def handler(request: rpc.Request) -> Message:
+    async def handler(request: Envelope[Message]) -> Message:
         started.set()
         await asyncio.sleep(10)
         return messages.Pong()

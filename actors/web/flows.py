@@ -1,0 +1,105 @@
+"""The account flows the JSON API and the HTML pages share.
+
+Sign up and log in go to a db_worker; profile reads and every change go to a
+cache_worker, which commits through a db_worker before it answers. Picture bytes
+never cross the actor protocol: the gateway validates and stores them, and only
+the content-addressed key travels. Routes translate between HTTP and these
+functions; nothing about accounts, sessions, throttling or pictures is decided in
+a route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from aiohttp import web
+
+from actors.rules import validation
+from actors.web import images
+from actors.web.middleware import REQUEST_ID
+from actors.web.services import SERVICES
+from actors.wire import messages
+from actors.wire.errors import InvalidCredentials, InvalidInput
+
+
+def idempotency_key(request: web.Request) -> str:
+    """The client's Idempotency-Key if it sent a sane one, else a fresh one."""
+    key = request.headers.get("Idempotency-Key", "")
+    if key and len(key) <= 64 and key.isascii() and key.isprintable():
+        return key
+    if key:
+        raise InvalidInput("Idempotency-Key must be 1-64 printable ASCII characters")
+    return uuid.uuid4().hex
+
+
+async def sign_up(
+    request: web.Request, username: object, password: object, nickname: object
+) -> messages.User:
+    fields = {"username": username, "password": password, "nickname": nickname}
+    for name, value in fields.items():
+        if not isinstance(value, str):
+            raise InvalidInput(f"{name} must be a string", field=name)
+    # Validated here too, so bad input never costs a worker a password hash.
+    create = messages.CreateUser(
+        username=validation.normalize_username(username),
+        password=validation.check_password(password),
+        nickname=validation.normalize_nickname(nickname),
+        idempotency_key=idempotency_key(request),
+    )
+    return await request.app[SERVICES].call_db(request, create)
+
+
+async def log_in(request: web.Request, username: object, password: object) -> messages.LoginResult:
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise InvalidInput("username and password must be strings")
+    if len(username) > 256 or len(password) > 1024:
+        raise InvalidCredentials("wrong username or password")
+    services = request.app[SERVICES]
+    throttle = services.throttle
+    address = request.remote or "?"
+    account = username.strip().lower()
+    trace_id = request[REQUEST_ID]
+    counted = await throttle.check(account, address, trace_id)
+    try:
+        result = await services.call_db(
+            request, messages.Login(username=username, password=password)
+        )
+    except InvalidCredentials:
+        await throttle.failed(account, address, trace_id)
+        raise
+    await throttle.succeeded(account, address, trace_id, counted)
+    return result
+
+
+async def profile(request: web.Request, token_hash: str) -> messages.User:
+    found = await request.app[SERVICES].call_cache(request, messages.GetProfile(token_hash))
+    return found.user
+
+
+async def change(
+    request: web.Request,
+    token_hash: str,
+    *,
+    nickname: str | None = None,
+    avatar_key: str | None = None,
+) -> messages.User:
+    update = messages.UpdateProfile(
+        token_hash=token_hash,
+        idempotency_key=idempotency_key(request),
+        nickname=nickname,
+        avatar_key=avatar_key,
+    )
+    changed = await request.app[SERVICES].call_cache(request, update)
+    return changed.user
+
+
+async def store_avatar(request: web.Request, data: bytes) -> str:
+    """Validate and re-encode an upload off the event loop, store it, return its key."""
+    image = await asyncio.to_thread(images.validate_avatar, data)
+    await request.app[SERVICES].images.put(image)
+    return image.key
+
+
+async def log_out(request: web.Request, token_hash: str) -> None:
+    await request.app[SERVICES].call_cache(request, messages.Logout(token_hash))
