@@ -20,6 +20,7 @@ unit:
 lint:
 	@.venv/bin/ruff check actors tools bench tests chaos fuzz
 	@.venv/bin/mypy
+	@.venv/bin/lint-imports --no-cache
 
 # Kill actors under load against the tree `make run` started; report in chaos/results/.
 # CHAOS_FAULTS=default adds a Redis stop and a MariaDB restart after the kills;
