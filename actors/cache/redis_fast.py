@@ -2,11 +2,12 @@
 
 redis-py serves every other Redis call in the project (scripts, writes, pipelines,
 the probe). For the two reads behind every cached profile (GETEX of the session,
-GET of the profile) its per-command machinery dominated the cache worker's time:
-measured on this machine, a sequential GET through redis-py's asyncio client cost
-about 90-120 us of CPU, most of it in the pool checkout, health check, retry and
-observability wrappers and the StreamReader wake-ups around a round trip that Redis
-itself answers in a few microseconds. This module keeps only what those reads need:
+GET of the profile) its per-command machinery dominates the cache worker's time: a
+sequential GET through redis-py's asyncio client costs about 90-120 us of CPU
+(``python -m bench.redis_paths`` compares the two), most of it in the pool
+checkout, health check, retry and observability wrappers and the StreamReader
+wake-ups around a round trip that Redis itself answers in a few microseconds. This
+module keeps only what those reads need:
 
 * a few plain TCP connections, each an ``asyncio.Protocol`` whose replies are parsed
   by hiredis (the C parser redis-py itself uses) straight from ``data_received``;

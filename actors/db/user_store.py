@@ -29,8 +29,9 @@ log = structlog.get_logger("user_store")
 
 _USER_COLUMNS = "u.id, u.username, u.nickname, u.avatar_key, u.created_at, u.version"
 # The hot reads ask for one JSON array instead of eight columns: the client parses a
-# column descriptor per column of every result in pure Python, and one column cut
-# its CPU per query from about 120 us to 75 us here (msgspec decodes the array).
+# column descriptor per column of every result in pure Python, so one column costs
+# it about 75 us of CPU per query where eight cost about 120 us (msgspec decodes
+# the array).
 _ROW_DECODER = msgspec.json.Decoder(list[Any])
 
 

@@ -1,7 +1,10 @@
 """Input rules for usernames, nicknames and passwords.
 
-Every value a client sends is checked here, once, at the edge (the gateway), and
-what comes out is the one canonical form the rest of the system stores and compares.
+Every value a client sends is checked with these functions, and what comes out is
+the one canonical form the rest of the system stores and compares. The gateway
+applies them first, so bad input gets its answer without costing a worker a
+password hash; the db_worker applies them again before it writes, because it is
+the record and must not depend on every caller having checked.
 A rule refused raises :class:`~actors.wire.errors.InvalidInput` naming the field, so the
 HTTP answer is a 422 that says which field is wrong and why.
 
