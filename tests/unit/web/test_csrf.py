@@ -5,24 +5,32 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from http.cookies import SimpleCookie
 from pathlib import Path
 from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from actors.runtime.config import GatewayConfig
+from actors.runtime.leasing import WorkerPool
 from actors.web import csrf
 from actors.web.api import Services
+from actors.web.images import LocalImageStore
+from actors.web.throttle import SharedLoginThrottle
 from actors.wire import messages
 
 SECRET = b"k" * 32
 
 
-def request(cookie: str | None = None, secure: bool = False, **headers: str) -> web.Request:
-    hdrs = {"Host": "example.test", **headers}
+def request(
+    cookie: str | None = None, secure: bool = False, headers: Mapping[str, str] | None = None
+) -> web.Request:
+    hdrs = {"Host": "example.test", **(headers or {})}
     if cookie is not None:
         name = csrf.SECURE_COOKIE if secure else csrf.COOKIE
         hdrs["Cookie"] = f"{name}={cookie}"
@@ -75,7 +83,7 @@ def test_cross_site_requests_are_refused_even_with_a_token() -> None:
         {"Sec-Fetch-Site": "cross-site"},
     ):
         with pytest.raises(csrf.CsrfFailed):
-            forms.verify(request(browser, **headers), token)
+            forms.verify(request(browser, headers=headers), token)
     # Same origin, same site, and browsers that send "null" (the token decides) pass.
     for headers in (
         {"Origin": "http://example.test"},
@@ -83,7 +91,7 @@ def test_cross_site_requests_are_refused_even_with_a_token() -> None:
         {"Sec-Fetch-Site": "same-origin"},
         {"Origin": "null"},
     ):
-        forms.verify(request(browser, **headers), token)
+        forms.verify(request(browser, headers=headers), token)
 
 
 @pytest.mark.parametrize("secure", [False, True])
@@ -103,12 +111,14 @@ def test_the_browser_id_cookie_flags(secure: bool) -> None:
 
 @pytest.mark.parametrize("secure", [False, True])
 def test_the_session_cookie_flags(secure: bool) -> None:
+    # set_session_cookie reads config.secure_cookies and nothing else of Services:
+    # the stand-ins carry only that, the parts it never reaches are None.
     services = Services(
-        config=SimpleNamespace(secure_cookies=secure),  # type: ignore[arg-type]
-        db=None,  # type: ignore[arg-type]
-        cache=None,  # type: ignore[arg-type]
-        images=None,  # type: ignore[arg-type]
-        throttle=None,  # type: ignore[arg-type]
+        config=cast(GatewayConfig, SimpleNamespace(secure_cookies=secure)),
+        db=cast(WorkerPool, None),
+        cache=cast(WorkerPool, None),
+        images=cast(LocalImageStore, None),
+        throttle=cast(SharedLoginThrottle, None),
     )
     user = messages.User(1, "ann", "Ann", None, time.time(), 1)
     result = messages.LoginResult("t" * 43, user, time.time() + 3600, 1800.0)
