@@ -32,14 +32,23 @@ import json
 import socket
 import struct
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 Mode = Literal["pass", "delay", "reset", "blackhole"]
 MODES: tuple[Mode, ...] = ("pass", "delay", "reset", "blackhole")
+T = TypeVar("T")
 _CHUNK = 65536
 _CONNECT_TIMEOUT_S = 2.0
+
+
+def parse_mode(text: str) -> Mode:
+    """The mode a control command names; ValueError for anything else."""
+    for mode in MODES:
+        if text == mode:
+            return mode
+    raise ValueError(f"unknown mode {text!r}")
 
 
 def _reset(writer: asyncio.StreamWriter | None) -> None:
@@ -100,7 +109,7 @@ class FaultProxy:
         elif previous == "blackhole" and mode != "blackhole":
             self._reset_where(lambda link: link.upstream is None or link.dropped_bytes > 0)
 
-    def _reset_where(self, pred: Any) -> None:
+    def _reset_where(self, pred: Callable[[_Link], bool]) -> None:
         for link in list(self._links):
             if pred(link):
                 self.resets += 1
@@ -198,7 +207,7 @@ class ThreadedProxy:
         self.proxy = FaultProxy(target, listen)
         self.addr: tuple[str, int] = listen
 
-    def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
 
     def start(self) -> tuple[str, int]:
@@ -216,8 +225,7 @@ class ThreadedProxy:
         async def get() -> dict[str, Any]:
             return self.proxy.status()
 
-        result: dict[str, Any] = self._run(get())
-        return result
+        return self._run(get())
 
     def close(self) -> None:
         if self._thread.is_alive():
@@ -262,7 +270,8 @@ async def _control(
     try:
         line = (await asyncio.wait_for(reader.readline(), 5)).decode().split()
         if line[:1] == ["mode"] and len(line) >= 2:
-            proxy.set_mode(line[1], float(line[2]) if len(line) > 2 else 0.0)  # type: ignore[arg-type]
+            delay_s = float(line[2]) if len(line) > 2 else 0.0
+            proxy.set_mode(parse_mode(line[1]), delay_s)
             reply = proxy.status()
         elif line[:1] == ["status"]:
             reply = proxy.status()
