@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import types
 import typing
-from typing import Any
+from typing import Any, TypedDict
 
 import msgspec
 import pytest
@@ -404,7 +404,25 @@ PING = messages.TYPE_CODES[messages.Ping]
 ERROR = messages.TYPE_CODES[messages.Error]
 REGISTER = messages.TYPE_CODES[messages.Register]
 GOOD_ERROR_BODY = msgspec.json.encode(messages.Error(code="busy", message="m"))
-GOOD_REGISTER = {"kind": "db_worker", "host": "h", "port": 1, "capacity": 2, "pid": 3}
+
+
+class RegisterFields(TypedDict):
+    """The required fields of a Register, as its JSON body carries them."""
+
+    kind: str
+    host: str
+    port: int
+    capacity: int
+    pid: int
+
+
+GOOD_REGISTER: RegisterFields = {
+    "kind": "db_worker",
+    "host": "h",
+    "port": 1,
+    "capacity": 2,
+    "pid": 3,
+}
 
 UNUSED_CODE = next(c for c in range(1, 0x10000) if c not in messages.TYPES_BY_CODE)
 
@@ -477,7 +495,7 @@ def test_header_errors_need_only_the_header() -> None:
     for kw in ({"magic": b"XX"}, {"version": 9}, {"flags": 8}, {"code": UNUSED_CODE}):
         decoder = protocol.FrameDecoder()
         with pytest.raises(ProtocolError):
-            decoder.feed(header(body_len=10, **kw))  # type: ignore[arg-type]
+            decoder.feed(header(body_len=10, **kw))
 
 
 def test_unknown_fields_are_ignored() -> None:
@@ -501,8 +519,9 @@ def test_error_flag_set_by_encode() -> None:
 
 
 def _concrete_error_classes() -> list[type[errors.UserhubError]]:
+    classes: set[type[errors.UserhubError]] = {errors.UserhubError, *errors.BY_CODE.values()}
     out = []
-    for cls in {errors.UserhubError, *errors.BY_CODE.values()}:
+    for cls in classes:
         if cls is errors.Throttled:
             continue
         out.append(cls)
