@@ -116,7 +116,7 @@ class FaultProxy:
                 link.reset()
                 self._links.discard(link)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, object]:
         return {
             "mode": self.mode,
             "delay_s": self.delay_s,
@@ -221,8 +221,8 @@ class ThreadedProxy:
 
         self._run(apply())
 
-    def status(self) -> dict[str, Any]:
-        async def get() -> dict[str, Any]:
+    def status(self) -> dict[str, object]:
+        async def get() -> dict[str, object]:
             return self.proxy.status()
 
         return self._run(get())
@@ -248,11 +248,11 @@ class RemoteProxy:
     def __init__(self, control: tuple[str, int]) -> None:
         self.control = control
 
-    def command(self, line: str) -> dict[str, Any]:
+    def command(self, line: str) -> dict[str, object]:
         with socket.create_connection(self.control, timeout=5) as sock:
             sock.sendall(line.encode() + b"\n")
             reply = sock.makefile("rb").readline()
-        body: dict[str, Any] = json.loads(reply)
+        body: dict[str, object] = json.loads(reply)
         if "error" in body:
             raise ValueError(body["error"])
         return body
@@ -260,7 +260,7 @@ class RemoteProxy:
     def set_mode(self, mode: Mode, delay_s: float = 0.0) -> None:
         self.command(f"mode {mode} {delay_s}")
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, object]:
         return self.command("status")
 
 
