@@ -27,15 +27,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol, TypedDict
 
+from chaos.proxy import Mode
 from chaos.workload import Attempt
 
-PROXY_FAULTS = {
-    f"{dep}_{mode}": (dep, mode)
-    for dep in ("redis", "mysql")
-    for mode in ("blackhole", "reset", "delay")
-}
+PROXY_MODES: tuple[Mode, ...] = ("blackhole", "reset", "delay")
+PROXY_FAULTS = {f"{dep}_{mode}": (dep, mode) for dep in ("redis", "mysql") for mode in PROXY_MODES}
 SUPERVISOR_FAULTS = ("redis_stop", "mysql_restart", "mysql_stop")
 ALL = (*SUPERVISOR_FAULTS, *PROXY_FAULTS)
 DEFAULT = ("redis_stop", "mysql_restart")
@@ -43,7 +41,26 @@ PROXY_DELAY_S = 0.1  # the delay fault's added latency, each way
 
 
 class ProxyControl(Protocol):
-    def set_mode(self, mode: Any, delay_s: float = 0.0) -> None: ...
+    def set_mode(self, mode: Mode, delay_s: float = 0.0) -> None: ...
+
+
+class FaultSummary(TypedDict):
+    """One fault's entry in the chaos report (the JSON written by chaos.run)."""
+
+    fault: str
+    at_s: float
+    window_s: float
+    attempts: int
+    failed: int
+    error_rate: float
+    statuses: dict[str, int]  # HTTP status (0: no answer) -> attempts
+    by_kind: dict[str, dict[str, int]]  # "read"/"write" -> attempts, ok
+    latency_p50_s: float
+    latency_p99_s: float
+    latency_max_s: float
+    failed_latency_max_s: float
+    recovery_s: float  # inf: still failing when the next fault began
+    detail: str
 
 
 @dataclass
@@ -109,7 +126,7 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def summarise(window: Window, attempts: list[Attempt], settle_until: float) -> dict[str, Any]:
+def summarise(window: Window, attempts: list[Attempt], settle_until: float) -> FaultSummary:
     """The window's error rate and latency, and how long errors outlived the fault."""
     inside = [a for a in attempts if window.started <= a.started < window.ended]
     failed = [a for a in inside if a.status != 200 and a.status != 204]
@@ -158,13 +175,13 @@ async def run_all(
     hold_s: float,
     settle_s: float,
     origin: float,
-) -> list[dict[str, Any]]:
+) -> list[FaultSummary]:
     """Apply each fault in turn under the running workload, ``settle_s`` apart."""
     windows: list[Window] = []
     for name in names:
         windows.append(await apply(name, ctl, proxies, hold_s))
         await asyncio.sleep(settle_s)
-    out = []
+    out: list[FaultSummary] = []
     for i, window in enumerate(windows):
         settle_until = windows[i + 1].started if i + 1 < len(windows) else time.monotonic()
         summary = summarise(window, attempts, settle_until)

@@ -32,14 +32,23 @@ import json
 import socket
 import struct
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 Mode = Literal["pass", "delay", "reset", "blackhole"]
 MODES: tuple[Mode, ...] = ("pass", "delay", "reset", "blackhole")
+T = TypeVar("T")
 _CHUNK = 65536
 _CONNECT_TIMEOUT_S = 2.0
+
+
+def parse_mode(text: str) -> Mode:
+    """The mode a control command names; ValueError for anything else."""
+    for mode in MODES:
+        if text == mode:
+            return mode
+    raise ValueError(f"unknown mode {text!r}")
 
 
 def _reset(writer: asyncio.StreamWriter | None) -> None:
@@ -100,14 +109,14 @@ class FaultProxy:
         elif previous == "blackhole" and mode != "blackhole":
             self._reset_where(lambda link: link.upstream is None or link.dropped_bytes > 0)
 
-    def _reset_where(self, pred: Any) -> None:
+    def _reset_where(self, pred: Callable[[_Link], bool]) -> None:
         for link in list(self._links):
             if pred(link):
                 self.resets += 1
                 link.reset()
                 self._links.discard(link)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, object]:
         return {
             "mode": self.mode,
             "delay_s": self.delay_s,
@@ -198,7 +207,7 @@ class ThreadedProxy:
         self.proxy = FaultProxy(target, listen)
         self.addr: tuple[str, int] = listen
 
-    def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
 
     def start(self) -> tuple[str, int]:
@@ -212,12 +221,11 @@ class ThreadedProxy:
 
         self._run(apply())
 
-    def status(self) -> dict[str, Any]:
-        async def get() -> dict[str, Any]:
+    def status(self) -> dict[str, object]:
+        async def get() -> dict[str, object]:
             return self.proxy.status()
 
-        result: dict[str, Any] = self._run(get())
-        return result
+        return self._run(get())
 
     def close(self) -> None:
         if self._thread.is_alive():
@@ -240,11 +248,11 @@ class RemoteProxy:
     def __init__(self, control: tuple[str, int]) -> None:
         self.control = control
 
-    def command(self, line: str) -> dict[str, Any]:
+    def command(self, line: str) -> dict[str, object]:
         with socket.create_connection(self.control, timeout=5) as sock:
             sock.sendall(line.encode() + b"\n")
             reply = sock.makefile("rb").readline()
-        body: dict[str, Any] = json.loads(reply)
+        body: dict[str, object] = json.loads(reply)
         if "error" in body:
             raise ValueError(body["error"])
         return body
@@ -252,7 +260,7 @@ class RemoteProxy:
     def set_mode(self, mode: Mode, delay_s: float = 0.0) -> None:
         self.command(f"mode {mode} {delay_s}")
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, object]:
         return self.command("status")
 
 
@@ -262,7 +270,8 @@ async def _control(
     try:
         line = (await asyncio.wait_for(reader.readline(), 5)).decode().split()
         if line[:1] == ["mode"] and len(line) >= 2:
-            proxy.set_mode(line[1], float(line[2]) if len(line) > 2 else 0.0)  # type: ignore[arg-type]
+            delay_s = float(line[2]) if len(line) > 2 else 0.0
+            proxy.set_mode(parse_mode(line[1]), delay_s)
             reply = proxy.status()
         elif line[:1] == ["status"]:
             reply = proxy.status()

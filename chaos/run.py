@@ -30,11 +30,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import aiohttp
 import pymysql
@@ -50,6 +50,45 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "chaos" / "results" / "latest.json"
 KINDS = ("db_worker", "cache_worker", "gateway", "pool_manager")
 WARM_UP_S = 3.0
+
+
+class Kill(TypedDict):
+    """One kill -9 of the run."""
+
+    program: str
+    pid: int
+    at_s: float  # since the kills began
+    recovery_s: NotRequired[float]  # until the replacement served (inf: never); set at the end
+
+
+class Report(TypedDict):
+    """What a run found: printed, and written as JSON to chaos/results/latest.json."""
+
+    duration_s: float
+    users: int
+    kills: int
+    killed: list[Kill]
+    kinds_killed: list[str]
+    requests: int
+    failed_idempotent: int
+    acknowledged_writes: int
+    lost_writes: int
+    lost_detail: list[str]
+    indeterminate_writes: int
+    failed_writes: int
+    errors_in_fault_windows: list[int]
+    max_recovery_s: float
+    mysql_connections_before: int
+    mysql_connections_after: int
+    mysql_connections_allowed: int
+    leaked_mysql_connections: int
+    redis_connections_before: int
+    redis_connections_after: int
+    redis_connections_allowed: int
+    leaked_redis_connections: int
+    failures_sample: list[str]
+    faults: list[faults.FaultSummary]
+    max_fault_recovery_s: float
 
 
 @dataclass
@@ -208,7 +247,7 @@ async def run(
     fault_names: list[str] | None = None,
     fault_hold_s: float = 5.0,
     fault_settle_s: float = 6.0,
-) -> dict[str, object]:
+) -> Report:
     rng = random.Random(seed)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -219,7 +258,7 @@ async def run(
             asyncio.create_task(workload.client_loop(target.base_url, http, a, stats, stop, 10.0))
             for a in accounts
         ]
-        kills: list[dict[str, object]] = []
+        kills: list[Kill] = []
         recoveries: list[asyncio.Task[float]] = []
         # Connections are counted under the same load before and after the faults, once
         # every pool has grown to its working size; what remains above is a leak.
@@ -268,15 +307,14 @@ async def run(
         final = await workload.final_values(target.base_url, http, accounts)
     verdict = checker.check(stats.history, final)
     window_errors = [
-        sum(1 for t in stats.errors_at if 0 <= t - (started + float(k["at_s"])) < 3)  # type: ignore[arg-type]
-        for k in kills
+        sum(1 for t in stats.errors_at if 0 <= t - (started + k["at_s"]) < 3) for k in kills
     ]
     return {
         "duration_s": duration,
         "users": users,
         "kills": len(kills),
         "killed": kills,
-        "kinds_killed": sorted({kind_of(str(k["program"])) for k in kills}),
+        "kinds_killed": sorted({kind_of(k["program"]) for k in kills}),
         "requests": stats.requests,
         "failed_idempotent": stats.failed_idempotent,
         "acknowledged_writes": verdict.acknowledged,
@@ -285,7 +323,7 @@ async def run(
         "indeterminate_writes": verdict.indeterminate,
         "failed_writes": verdict.failed,
         "errors_in_fault_windows": window_errors,
-        "max_recovery_s": max((float(k["recovery_s"]) for k in kills), default=0.0),  # type: ignore[arg-type]
+        "max_recovery_s": max((k["recovery_s"] for k in kills), default=0.0),
         "mysql_connections_before": before_mysql,
         "mysql_connections_after": after_mysql,
         # Connections beyond what live workers may hold: a dead worker's connections
@@ -302,20 +340,21 @@ async def run(
     }
 
 
-def print_table(report: dict[str, object]) -> None:
+def print_table(report: Report) -> None:
     keys = [
         "kills", "kinds_killed", "requests", "failed_idempotent", "acknowledged_writes",
         "lost_writes", "indeterminate_writes", "failed_writes", "errors_in_fault_windows",
         "max_recovery_s", "leaked_mysql_connections", "leaked_redis_connections",
     ]  # fmt: skip
     width = max(len(k) for k in keys)
+    fields: Mapping[str, object] = report
     for key in keys:
-        print(f"{key:<{width}}  {report[key]}")
-    for kill in report["killed"]:  # type: ignore[attr-defined]
+        print(f"{key:<{width}}  {fields[key]}")
+    for kill in report["killed"]:
         print(
             f"  killed {kill['program']:<32} at {kill['at_s']:6.1f}s  back in {kill['recovery_s']}s"
         )
-    for f in report.get("faults", []):  # type: ignore[attr-defined]
+    for f in report.get("faults", []):
         print(
             f"  fault {f['fault']:<16} at {f['at_s']:6.1f}s for {f['window_s']:5.1f}s: "
             f"{f['failed']}/{f['attempts']} attempts failed ({f['error_rate']:.1%}) "
@@ -375,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     duration = min(args.duration, 600.0)
     hold = min(args.fault_hold, 60.0)
 
-    def go(target: Target) -> dict[str, object]:
+    def go(target: Target) -> Report:
         target.proxies.update(dict(args.proxy))
         names = faults.parse(args.faults, target.proxies)
         return asyncio.run(
@@ -385,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.private_tree:
         with private_target() as target:
-            report: dict[str, Any] = go(target)
+            report = go(target)
     else:
         report = go(Target.from_env())
     args.out.parent.mkdir(parents=True, exist_ok=True)

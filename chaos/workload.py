@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -58,7 +59,9 @@ async def _send(
     url: str,
     deadline: float,
     attempts: list[Attempt] | None = None,
-    **kwargs: object,
+    *,
+    json: object = None,
+    headers: Mapping[str, str] | None = None,
 ) -> tuple[int, dict[str, object] | None, str]:
     """One logical request, retried while it may be: (status, json, error). Status 0
     means no definite answer arrived before the deadline. Each try is appended to
@@ -76,7 +79,8 @@ async def _send(
                 method,
                 url,
                 timeout=aiohttp.ClientTimeout(total=remaining),
-                **kwargs,  # type: ignore[arg-type]
+                json=json,
+                headers=headers,
             ) as r:
                 status = r.status
                 body = await r.json(content_type=None) if r.status != 204 else None

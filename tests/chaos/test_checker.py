@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from chaos.checker import Write, check
+from chaos.checker import Outcome, Write, check
 
 
-def w(user: str, value: str, seq: int, outcome: str = "ok") -> Write:
-    return Write(user, value, seq, outcome)  # type: ignore[arg-type]
+def w(user: str, value: str, seq: int, outcome: Outcome = "ok") -> Write:
+    return Write(user, value, seq, outcome)
 
 
 def test_last_acknowledged_write_found_is_not_lost() -> None:

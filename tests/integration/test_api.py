@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import TypedDict
 
 import aiohttp
 import pytest
@@ -12,6 +13,14 @@ from tests.integration.conftest import Account, sign_up_and_log_in, unique_name
 from tests.integration.pages import png_bytes
 
 pytestmark = pytest.mark.integration
+
+
+class Sent(TypedDict, total=False):
+    """What a malformed request carries: the ClientSession.request keywords it uses."""
+
+    json: object
+    data: bytes
+    headers: dict[str, str]
 
 
 async def error_code(r: aiohttp.ClientResponse) -> str:
@@ -195,7 +204,7 @@ async def test_malformed_requests_get_clear_4xx(
 ) -> None:
     http.cookie_jar.clear()  # only what each request says counts
     json_type = {"Content-Type": "application/json"}
-    checks: list[tuple[str, str, dict[str, object], int]] = [
+    checks: list[tuple[str, str, Sent, int]] = [
         ("POST", "/api/v1/users", {"data": b"{not json", "headers": json_type}, 400),
         ("POST", "/api/v1/users", {"json": [1, 2]}, 422),
         ("POST", "/api/v1/users", {"data": b"x" * 100_000}, 413),
@@ -215,7 +224,7 @@ async def test_malformed_requests_get_clear_4xx(
         ("GET", "/api/v1/nothing-here", {}, 404),
     ]
     for method, path, kwargs, status in checks:
-        async with http.request(method, path, **kwargs) as r:  # type: ignore[arg-type]
+        async with http.request(method, path, **kwargs) as r:
             assert r.status == status, (method, path, r.status, await r.text())
             body = await r.json()
             assert set(body["error"]) >= {"code", "message"}

@@ -133,9 +133,10 @@ async def test_a_request_id_from_the_header_is_in_every_actors_log(
     log_dir = tree.var / "log"
     seen = wait_until(
         lambda: (
-            (lines := request_lines(log_dir, request_id)).keys()
+            lines
+            if (lines := request_lines(log_dir, request_id)).keys()
             >= {"gateway", "cache_worker", "db_worker"}
-            and lines
+            else None
         ),
         10,
         "the request in all three logs",

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -68,7 +69,9 @@ async def run_load(
     return result
 
 
-async def load_while(http: aiohttp.ClientSession, action, seconds: float = 4.0) -> LoadResult:  # type: ignore[no-untyped-def]
+async def load_while(
+    http: aiohttp.ClientSession, action: Callable[[], None], seconds: float = 4.0
+) -> LoadResult:
     accounts = [await sign_up_and_log_in(http) for _ in range(4)]
     stop = asyncio.Event()
     task = asyncio.create_task(run_load(http, accounts, stop))

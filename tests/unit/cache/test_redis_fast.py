@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import hiredis
 import pytest
@@ -41,8 +41,12 @@ class FakeRedis:
         writer.close()
 
 
+# Starts a FakeRedis answering with the given Reply: (the server, its redis:// URL).
+Serve = Callable[[Reply], Awaitable[tuple[FakeRedis, str]]]
+
+
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[[Reply], asyncio.Future[tuple[FakeRedis, str]]]]:
+async def serve() -> AsyncIterator[Serve]:
     servers: list[asyncio.Server] = []
 
     async def start(reply: Reply) -> tuple[FakeRedis, str]:
@@ -52,7 +56,7 @@ async def serve() -> AsyncIterator[Callable[[Reply], asyncio.Future[tuple[FakeRe
         port = server.sockets[0].getsockname()[1]
         return fake, f"redis://127.0.0.1:{port}/0"
 
-    yield start  # type: ignore[misc]
+    yield start
     for server in servers:
         server.close()
 
@@ -72,7 +76,7 @@ def test_pack_writes_resp_arrays_of_bulk_strings() -> None:
     )
 
 
-async def test_many_commands_in_flight_get_their_own_replies(serve) -> None:  # type: ignore[no-untyped-def]
+async def test_many_commands_in_flight_get_their_own_replies(serve: Serve) -> None:
     fake, url = await serve(echo_get)
     client = FastRedis(url, connections=2)
     keys = [f"key-{i}".encode() for i in range(200)]
@@ -82,7 +86,7 @@ async def test_many_commands_in_flight_get_their_own_replies(serve) -> None:  # 
     client.close()
 
 
-async def test_an_error_reply_fails_only_its_command(serve) -> None:  # type: ignore[no-untyped-def]
+async def test_an_error_reply_fails_only_its_command(serve: Serve) -> None:
     _, url = await serve(echo_get)
     client = FastRedis(url, connections=1)
     results = await asyncio.gather(
@@ -94,7 +98,7 @@ async def test_an_error_reply_fails_only_its_command(serve) -> None:  # type: ig
     client.close()
 
 
-async def test_a_silent_server_times_out_and_the_next_call_reconnects(serve) -> None:  # type: ignore[no-untyped-def]
+async def test_a_silent_server_times_out_and_the_next_call_reconnects(serve: Serve) -> None:
     silent = {"on": True}
     fake, url = await serve(lambda c: None if silent["on"] else echo_get(c))
     client = FastRedis(url, connections=1, timeout=0.2)
@@ -106,7 +110,7 @@ async def test_a_silent_server_times_out_and_the_next_call_reconnects(serve) -> 
     client.close()
 
 
-async def test_a_cut_connection_fails_every_command_in_flight(serve) -> None:  # type: ignore[no-untyped-def]
+async def test_a_cut_connection_fails_every_command_in_flight(serve: Serve) -> None:
     fake, url = await serve(lambda c: None)
     client = FastRedis(url, connections=1, timeout=5)
     calls = [asyncio.ensure_future(client.execute("GET", str(i))) for i in range(3)]
@@ -126,7 +130,7 @@ async def test_nothing_listening_is_a_connection_error() -> None:
         await client.execute("GET", "x")
 
 
-async def test_password_and_database_are_sent_first(serve) -> None:  # type: ignore[no-untyped-def]
+async def test_password_and_database_are_sent_first(serve: Serve) -> None:
     fake, url = await serve(echo_get)
     client = FastRedis(url.replace("redis://", "redis://user:s%40cret@").replace("/0", "/3"))
     assert await client.execute("GET", "k") == b"k"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.pool_manager import PoolManager, Registry
+from actors.manager.registry import Registry
+from actors.pool_manager import PoolManager
 from actors.runtime import leasing, registration
 from actors.runtime.config import CommonConfig, ManagerConfig
 from actors.runtime.leasing import ManagerLink, WorkerPool

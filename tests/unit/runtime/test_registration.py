@@ -89,7 +89,7 @@ class Running:
         self.tmp_path = tmp_path
         self.tasks: list[asyncio.Task[None]] = []
         self.registrations: list[Registration] = []
-        self.servers: list[Server] = []
+        self.servers: list[Server[ManagerRequest]] = []
 
     def start(
         self,

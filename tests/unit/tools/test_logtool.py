@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,7 +19,7 @@ def ts(seconds: float) -> str:
     return (T0 + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def line(actor: str, pid: int, at: float, event: str, **fields: Any) -> str:
+def line(actor: str, pid: int, at: float, event: str, **fields: object) -> str:
     data = {"event": event, "actor": actor, "pid": pid, "level": "info", "ts": ts(at), **fields}
     return json.dumps(data) + "\n"
 

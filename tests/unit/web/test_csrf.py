@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -18,8 +19,10 @@ from actors.wire.errors import CsrfFailed
 SECRET = b"k" * 32
 
 
-def request(cookie: str | None = None, secure: bool = False, **headers: str) -> web.Request:
-    hdrs = {"Host": "example.test", **headers}
+def request(
+    cookie: str | None = None, secure: bool = False, headers: Mapping[str, str] | None = None
+) -> web.Request:
+    hdrs = {"Host": "example.test", **(headers or {})}
     if cookie is not None:
         name = csrf.SECURE_COOKIE if secure else csrf.COOKIE
         hdrs["Cookie"] = f"{name}={cookie}"
@@ -72,7 +75,7 @@ def test_cross_site_requests_are_refused_even_with_a_token() -> None:
         {"Sec-Fetch-Site": "cross-site"},
     ):
         with pytest.raises(CsrfFailed):
-            forms.verify(request(browser, **headers), token)
+            forms.verify(request(browser, headers=headers), token)
     # Same origin, same site, and browsers that send "null" (the token decides) pass.
     for headers in (
         {"Origin": "http://example.test"},
@@ -80,7 +83,7 @@ def test_cross_site_requests_are_refused_even_with_a_token() -> None:
         {"Sec-Fetch-Site": "same-origin"},
         {"Origin": "null"},
     ):
-        forms.verify(request(browser, **headers), token)
+        forms.verify(request(browser, headers=headers), token)
 
 
 @pytest.mark.parametrize("secure", [False, True])

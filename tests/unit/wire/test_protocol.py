@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import types
 import typing
-from typing import Any
+from typing import TypedDict, TypeVar, Unpack, cast
 
 import msgspec
 import pytest
@@ -23,10 +23,12 @@ MAX_U64 = 2**64 - 1
 
 # -- strategies built from each message class's msgspec fields --------------------------
 
-_struct_cache: dict[type, st.SearchStrategy[Any]] = {}
+S = TypeVar("S", bound=msgspec.Struct)
+
+_struct_cache: dict[type[msgspec.Struct], st.SearchStrategy[msgspec.Struct]] = {}
 
 
-def strategy_for_type(tp: Any) -> st.SearchStrategy[Any]:
+def strategy_for_type(tp: object) -> st.SearchStrategy[object]:
     """A strategy for one field type as msgspec reports it (resolved annotations)."""
     if typing.get_origin(tp) is typing.Annotated:
         base, *extras = typing.get_args(tp)
@@ -56,18 +58,19 @@ def strategy_for_type(tp: Any) -> st.SearchStrategy[Any]:
     raise AssertionError(f"no strategy for field type {tp!r}: extend strategy_for_type")
 
 
-def strategy_for_struct(cls: type[Any]) -> st.SearchStrategy[Any]:
+def strategy_for_struct(cls: type[S]) -> st.SearchStrategy[S]:
     """Every field of ``cls`` drawn; optional fields sometimes left at their default."""
     if cls not in _struct_cache:
-        required: dict[str, st.SearchStrategy[Any]] = {}
-        optional: dict[str, st.SearchStrategy[Any]] = {}
+        required: dict[str, st.SearchStrategy[object]] = {}
+        optional: dict[str, st.SearchStrategy[object]] = {}
         for field in msgspec.structs.fields(cls):
             strat = strategy_for_type(field.type)
             (required if field.required else optional)[field.name] = strat
         _struct_cache[cls] = st.fixed_dictionaries(required, optional=optional).map(
             lambda kw: cls(**kw)
         )
-    return _struct_cache[cls]
+    # Keyed by class: the strategy cached for cls draws instances of cls.
+    return cast(st.SearchStrategy[S], _struct_cache[cls])
 
 
 any_message = st.sampled_from(ALL_TYPES).flatmap(strategy_for_struct)
@@ -77,8 +80,18 @@ deadlines = st.floats(min_value=0, max_value=4_102_444_800.0)  # up to year 2100
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+class Envelope(TypedDict):
+    """One message with what protocol.encode puts around it."""
+
+    message: Message
+    call_id: int
+    deadline: float
+    trace_id: str
+    response: bool
+
+
 @st.composite
-def envelopes(draw: st.DrawFn) -> dict[str, Any]:
+def envelopes(draw: st.DrawFn) -> Envelope:
     return {
         "message": draw(any_message),
         "call_id": draw(call_ids),
@@ -88,11 +101,11 @@ def envelopes(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-def frame_bytes(env: dict[str, Any]) -> bytes:
+def frame_bytes(env: Envelope) -> bytes:
     return protocol.encode(**env)
 
 
-def assert_frame_matches(frame: protocol.Frame, env: dict[str, Any]) -> None:
+def assert_frame_matches(frame: protocol.Frame, env: Envelope) -> None:
     assert type(frame.message) is type(env["message"])
     assert frame.message == env["message"]
     assert frame.call_id == env["call_id"]
@@ -118,7 +131,19 @@ def header(
     return protocol.HEADER.pack(magic, version, flags, code, call_id, deadline_ms, trace, body_len)
 
 
-def raw_frame(body: bytes, **kw: Any) -> bytes:
+class HeaderFields(TypedDict, total=False):
+    """header()'s fields but the body length, which raw_frame() sets."""
+
+    magic: bytes
+    version: int
+    flags: int
+    code: int
+    call_id: int
+    deadline_ms: int
+    trace: bytes
+
+
+def raw_frame(body: bytes, **kw: Unpack[HeaderFields]) -> bytes:
     return header(body_len=len(body), **kw) + body
 
 
@@ -155,7 +180,7 @@ def test_header_layout() -> None:
 @FAST
 @given(data=st.data())
 def test_round_trip_every_type(cls: type[Message], data: st.DataObject) -> None:
-    env = {
+    env: Envelope = {
         "message": data.draw(strategy_for_struct(cls)),
         "call_id": data.draw(call_ids),
         "deadline": data.draw(deadlines),
@@ -172,7 +197,7 @@ def test_round_trip_every_type(cls: type[Message], data: st.DataObject) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(env=envelopes())
-def test_round_trip_any_message(env: dict[str, Any]) -> None:
+def test_round_trip_any_message(env: Envelope) -> None:
     (frame,) = protocol.FrameDecoder().feed(frame_bytes(env))
     assert_frame_matches(frame, env)
 
@@ -220,7 +245,7 @@ def test_encode_rejects_unregistered_type() -> None:
 
 @settings(max_examples=30, deadline=None)
 @given(envs=st.lists(envelopes(), min_size=2, max_size=5))
-def test_stream_split_at_every_byte_boundary(envs: list[dict[str, Any]]) -> None:
+def test_stream_split_at_every_byte_boundary(envs: list[Envelope]) -> None:
     stream = b"".join(frame_bytes(e) for e in envs)
     assume(len(stream) < 4000)
 
@@ -245,7 +270,7 @@ def test_stream_split_at_every_byte_boundary(envs: list[dict[str, Any]]) -> None
 
 @settings(max_examples=60, deadline=None)
 @given(envs=st.lists(envelopes(), min_size=1, max_size=6), data=st.data())
-def test_stream_split_into_random_chunks(envs: list[dict[str, Any]], data: st.DataObject) -> None:
+def test_stream_split_into_random_chunks(envs: list[Envelope], data: st.DataObject) -> None:
     stream = b"".join(frame_bytes(e) for e in envs)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
     decoder = protocol.FrameDecoder()
@@ -304,7 +329,7 @@ json_values = st.recursive(
 )
 
 
-def _jsonish_body(value: Any) -> bytes:
+def _jsonish_body(value: object) -> bytes:
     return json.dumps(value, allow_nan=True).encode()
 
 
@@ -336,7 +361,7 @@ def plausible_frames(draw: st.DrawFn) -> bytes:
     else:
         body = draw(st.binary(max_size=100))
     flags = (protocol.FLAG_ERROR if code == ERROR else 0) | draw(st.sampled_from([0, 1]))
-    kw: dict[str, Any] = {
+    kw: HeaderFields = {
         "flags": flags,
         "code": code,
         "call_id": draw(call_ids),
@@ -411,7 +436,25 @@ PING = messages.TYPE_CODES[messages.Ping]
 ERROR = messages.TYPE_CODES[messages.Error]
 REGISTER = messages.TYPE_CODES[messages.Register]
 GOOD_ERROR_BODY = msgspec.json.encode(messages.Error(code="busy", message="m"))
-GOOD_REGISTER = {"kind": "db_worker", "host": "h", "port": 1, "capacity": 2, "pid": 3}
+
+
+class RegisterFields(TypedDict):
+    """The required fields of a Register, as its JSON body carries them."""
+
+    kind: str
+    host: str
+    port: int
+    capacity: int
+    pid: int
+
+
+GOOD_REGISTER: RegisterFields = {
+    "kind": "db_worker",
+    "host": "h",
+    "port": 1,
+    "capacity": 2,
+    "pid": 3,
+}
 
 UNUSED_CODE = next(c for c in range(1, 0x10000) if c not in messages.TYPES_BY_CODE)
 
@@ -481,10 +524,16 @@ def test_invalid_utf8_in_string_body_is_protocol_error(bad: bytes) -> None:
 
 def test_header_errors_need_only_the_header() -> None:
     # Bad magic/version/flags/type are detected on the header alone, with no body sent.
-    for kw in ({"magic": b"XX"}, {"version": 9}, {"flags": 8}, {"code": UNUSED_CODE}):
+    bad: list[HeaderFields] = [
+        {"magic": b"XX"},
+        {"version": 9},
+        {"flags": 8},
+        {"code": UNUSED_CODE},
+    ]
+    for kw in bad:
         decoder = protocol.FrameDecoder()
         with pytest.raises(ProtocolError):
-            decoder.feed(header(body_len=10, **kw))  # type: ignore[arg-type]
+            decoder.feed(header(body_len=10, **kw))
 
 
 def test_unknown_fields_are_ignored() -> None:
@@ -508,8 +557,9 @@ def test_error_flag_set_by_encode() -> None:
 
 
 def _concrete_error_classes() -> list[type[errors.UserhubError]]:
+    classes: set[type[errors.UserhubError]] = {errors.UserhubError, *errors.BY_CODE.values()}
     out = []
-    for cls in {errors.UserhubError, *errors.BY_CODE.values()}:
+    for cls in classes:
         if cls is errors.Throttled:
             continue
         out.append(cls)

@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, TypedDict, Unpack
 
 import pytest
 
 from actors.wire import client, errors, messages, protocol
 from actors.wire.client import Connection
 from actors.wire.messages import Message
-from actors.wire.server import Envelope, Server
+from actors.wire.server import Envelope, ErrorHook, Server
 
 HOST = "127.0.0.1"
 TRACE = "0f" * 16
@@ -72,6 +72,15 @@ async def assert_closed_by_peer(reader: asyncio.StreamReader, timeout: float = 1
             pass
 
 
+class ServerOptions(TypedDict, total=False):
+    """The Server keywords the tests set."""
+
+    max_connections: int
+    max_in_flight: int
+    max_frame: int
+    on_error: ErrorHook
+
+
 class Harness:
     """Starts servers and connections for one test and tears all of them down."""
 
@@ -82,7 +91,9 @@ class Harness:
         self.raw_servers: list[asyncio.Server] = []
         self.gates: list[asyncio.Event] = []
 
-    async def server(self, handler: Handler, **kw: Any) -> tuple[Server[Message], int]:
+    async def server(
+        self, handler: Handler, **kw: Unpack[ServerOptions]
+    ) -> tuple[Server[Message], int]:
         server: Server[Message] = Server("test", handler, ALL_REQUESTS, **kw)
         _, port = await server.start(HOST, 0)
         self.servers.append(server)
@@ -101,7 +112,7 @@ class Harness:
 
     async def fake_peer(
         self,
-        respond: Callable[[protocol.Frame, asyncio.StreamWriter], Awaitable[None]],
+        respond: Callable[[protocol.Frame, asyncio.StreamWriter], Coroutine[Any, Any, None]],
     ) -> int:
         """A tiny raw server: decodes requests and lets ``respond`` write whatever it likes."""
 
@@ -115,7 +126,7 @@ class Harness:
                         task = asyncio.create_task(respond(frame, writer))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
-            except (ConnectionError, protocol.ProtocolError):
+            except (ConnectionError, errors.ProtocolError):
                 pass
             finally:
                 for task in tasks:
@@ -124,7 +135,8 @@ class Harness:
 
         server = await asyncio.start_server(serve, HOST, 0)
         self.raw_servers.append(server)
-        return server.sockets[0].getsockname()[1]
+        port: int = server.sockets[0].getsockname()[1]
+        return port
 
     def gate(self) -> asyncio.Event:
         gate = asyncio.Event()
@@ -502,8 +514,8 @@ def _garbage() -> bytes:
     return b"XX" + bytes(rng.randrange(256) for _ in range(300))
 
 
-def _header(**kw: Any) -> bytes:
-    fields: dict[str, Any] = {
+def _header(**kw: int | bytes) -> bytes:
+    fields: dict[str, int | bytes] = {
         "magic": protocol.MAGIC,
         "version": protocol.VERSION,
         "flags": 0,
