@@ -9,7 +9,7 @@ request when it is done with it, so a line's start is its ``ts`` minus its
 ``duration_ms``; the timeline is ordered by start and shows the nesting plainly.
 
 ``summary`` prints errors by actor and code, process starts and crashes with their
-times (supervisord.log, plus each actor's own "started"/"listening" lines), per-stage
+times (supervisord.log, plus each actor's own "running" line), per-stage
 p50/p95/p99 of the ``duration_ms`` fields by actor, event and route or message, and
 the slowest requests. ``--json`` gives the same as one JSON document.
 
@@ -38,7 +38,8 @@ from tools.logtool_read import (
     supervisor_events,
 )
 
-START_EVENTS = ("started", "listening", "running")
+#: The line every actor writes once it serves (actors.runtime.lifecycle).
+START_EVENTS = ("running",)
 _SKIP_IN_DETAIL = {"ts", "level", "actor", "pid", "event", "request_id", "duration_ms"}
 
 
@@ -250,7 +251,7 @@ def _crashes(events: list[SupervisorEvent]) -> list[dict[str, Any]]:
 
 
 def _note_serving_again(crashes: list[dict[str, Any]], starts: list[dict[str, Any]]) -> None:
-    """When the program's next process said it was started/listening, and how long after.
+    """When the program's next process said it was running, and how long after.
 
     supervisord only reports RUNNING after ``startsecs``; the actor's own line is the
     moment it could serve again.
@@ -293,7 +294,7 @@ def render_summary(report: dict[str, Any]) -> str:
         out.append(f"  {c['ts']}  {c['program']} pid {c['pid']}: {c['reason']}; {back}")
     if not report["crashes"]:
         out.append("  none")
-    out += ["", "actor starts (started/listening lines)"]
+    out += ["", "actor starts (running lines)"]
     for s in report["starts"]:
         who = f"{s['program']:<16} {s['actor']:<13} pid {s['pid']}"
         out.append(f"  {s['ts']}  {who}  {s['event']}")

@@ -36,7 +36,7 @@ def log_dir(tmp_path: Path) -> Path:
     d.mkdir()
     # gateway: 100 profile reads of 1..100 ms, the followed request among them; the
     # older half sits in the rotated file, and the rotation cut one line in two.
-    gw = [line("gateway", 10, 0.0, "listening", addr="http://127.0.0.1:8080")]
+    gw = [line("gateway", 10, 0.0, "running", addr="http://127.0.0.1:8080")]
     for i in range(1, 101):
         rid = RID if i == 42 else f"{i:032x}"
         gw.append(
@@ -60,15 +60,15 @@ def log_dir(tmp_path: Path) -> Path:
 
     # cache_worker: the followed request, and a second process after a crash
     (d / "cache_worker_00.log").write_text(
-        line("cache_worker", 20, 1.0, "listening", addr="127.0.0.1:4000")
+        line("cache_worker", 20, 1.0, "running", addr="127.0.0.1:4000")
         + line("cache_worker", 20, 52.0 - 0.001, "handled", request_id=RID,
                message="GetProfile", duration_ms=30.0)
         + "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
-        + line("cache_worker", 21, 301.0, "listening", addr="127.0.0.1:4001")
+        + line("cache_worker", 21, 301.0, "running", addr="127.0.0.1:4001")
     )  # fmt: skip
     # db_worker: the followed request, an error, and a truncated last line
     (d / "db_worker_00.log").write_text(
-        line("db_worker", 30, 1.0, "listening", addr="127.0.0.1:5000")
+        line("db_worker", 30, 1.0, "running", addr="127.0.0.1:5000")
         + line("db_worker", 30, 52.0 - 0.011, "handled", request_id=RID,
                message="ResolveSession", duration_ms=5.0)
         + line("db_worker", 30, 199.9, "handled", request_id="b" * 32,
@@ -76,7 +76,7 @@ def log_dir(tmp_path: Path) -> Path:
         + line("db_worker", 30, 250.0, "handler_failed", level="error")
         + '{"event": "handled", "actor": "db_wor'
     )  # fmt: skip
-    (d / "pool_manager.log").write_text(line("pool_manager", 5, 0.5, "started"))
+    (d / "pool_manager.log").write_text(line("pool_manager", 5, 0.5, "running"))
     (d / "supervisord.log").write_text(
         sup_line(0.0, "spawned: 'cache_worker_00' with pid 20")
         + sup_line(1.2, "success: cache_worker_00 entered RUNNING state, process has stayed "
@@ -161,15 +161,15 @@ def test_summary_figures(log_dir: Path) -> None:
     assert crash["reason"] == "terminated by SIGKILL; not expected"
     assert crash["ts"] == ts(300.0)
     assert crash["down_s"] == pytest.approx(1.5)
-    assert crash["back_s"] == pytest.approx(1.0)  # its "listening" line at t=301
+    assert crash["back_s"] == pytest.approx(1.0)  # its "running" line at t=301
 
     starts = [(s["program"], s["pid"], s["event"]) for s in report["starts"]]
     assert starts == [
-        ("gateway_00", 10, "listening"),
-        ("pool_manager", 5, "started"),
-        ("cache_worker_00", 20, "listening"),
-        ("db_worker_00", 30, "listening"),
-        ("cache_worker_00", 21, "listening"),
+        ("gateway_00", 10, "running"),
+        ("pool_manager", 5, "running"),
+        ("cache_worker_00", 20, "running"),
+        ("db_worker_00", 30, "running"),
+        ("cache_worker_00", 21, "running"),
     ]
     read = report["read"]
     assert read["truncated_by_program"] == {"db_worker_00": 1}
