@@ -19,7 +19,7 @@ import structlog
 from actors.cache.profile_cache import REVOKED, CachedSession, ProfileCache
 from actors.cache.redis_link import RedisLink
 from actors.cache.throttle_store import ThrottleStore
-from actors.runtime import lifecycle, metrics
+from actors.runtime import credentials, lifecycle, metrics
 from actors.runtime.config import CacheWorkerConfig
 from actors.runtime.leasing import ManagerLink, WorkerPool
 from actors.runtime.lifecycle import Lifecycle
@@ -27,6 +27,7 @@ from actors.runtime.worker import WorkerServer
 from actors.wire import messages
 from actors.wire.errors import CacheUnavailable, InvalidInput, Unauthenticated
 from actors.wire.messages import CacheWorkerRequest, Message
+from actors.wire.roles import CACHE_WORKER
 from actors.wire.server import Envelope
 
 log = structlog.get_logger("cache_worker")
@@ -41,14 +42,16 @@ class CacheWorker:
         self.redis = RedisLink(config.redis_url, config.redis_pool_size)
         self.cache = ProfileCache(self.redis, config.profile_ttl_s)
         self.throttle = ThrottleStore(self.redis)
-        self.link = ManagerLink(config.common.manager_addr)
+        identity = credentials.identity(config.common, CACHE_WORKER)
+        self.link = ManagerLink(config.common.manager_addr, identity)
         self.db = WorkerPool(self.link, "db_worker", caller="cache_worker", want=config.db_leases)
         self.worker: WorkerServer[CacheWorkerRequest] = WorkerServer(
-            "cache_worker",
+            CACHE_WORKER,
             CacheWorkerRequest,
             self.handle,
             common=config.common,
             limits=config.limits,
+            identity=identity,
             lifecycle=life,
             ready=lambda: self.db.ready,
         )

@@ -20,13 +20,14 @@ import structlog
 from actors.db.passwords import PasswordHasher
 from actors.db.user_store import UserStore
 from actors.rules import image_keys, tokens, validation
-from actors.runtime import lifecycle
+from actors.runtime import credentials, lifecycle
 from actors.runtime.config import DbWorkerConfig
 from actors.runtime.lifecycle import Lifecycle
 from actors.runtime.worker import WorkerServer
 from actors.wire import messages
 from actors.wire.errors import DatabaseUnavailable, InvalidCredentials, InvalidInput
 from actors.wire.messages import DbWorkerRequest, Message
+from actors.wire.roles import DB_WORKER
 from actors.wire.server import Envelope
 
 log = structlog.get_logger("db_worker")
@@ -40,11 +41,12 @@ class DbWorker:
         self.hasher = PasswordHasher(config.hash_threads, config.hash_queue)
         self.store: UserStore | None = None
         self.worker: WorkerServer[DbWorkerRequest] = WorkerServer(
-            "db_worker",
+            DB_WORKER,
             DbWorkerRequest,
             self.handle,
             common=config.common,
             limits=config.limits,
+            identity=credentials.identity(config.common, DB_WORKER),
             lifecycle=life,
             ready=lambda: self.store is not None and self.store.is_open,
             mysql_wanted=config.pool_wanted,

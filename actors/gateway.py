@@ -10,7 +10,7 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
-from actors.runtime import lifecycle
+from actors.runtime import credentials, lifecycle
 from actors.runtime.config import GatewayConfig
 from actors.runtime.leasing import ManagerLink, WorkerPool
 from actors.web import api, health, images, openapi, pages
@@ -19,6 +19,7 @@ from actors.web.image_store import LocalImageStore
 from actors.web.middleware import observe
 from actors.web.services import SERVICES, Services
 from actors.web.throttle import Limits, LoginThrottle, SharedLoginThrottle
+from actors.wire.roles import GATEWAY
 
 log = structlog.get_logger("gateway")
 
@@ -38,7 +39,9 @@ def build_app(services: Services) -> web.Application:
 class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        self.link = ManagerLink(config.common.manager_addr)
+        self.link = ManagerLink(
+            config.common.manager_addr, credentials.identity(config.common, GATEWAY)
+        )
         db = WorkerPool(self.link, "db_worker", caller="gateway", want=config.db_leases)
         cache = WorkerPool(self.link, "cache_worker", caller="gateway", want=config.cache_leases)
         limits = Limits(

@@ -18,12 +18,13 @@ from typing import assert_never
 import structlog
 
 from actors.manager.registry import WORKER_KINDS, Registry
-from actors.runtime import lifecycle, metrics
+from actors.runtime import credentials, lifecycle, metrics
 from actors.runtime.config import ManagerConfig
 from actors.wire import messages
-from actors.wire.errors import CallerError
+from actors.wire.errors import CallerError, Forbidden
 from actors.wire.messages import ManagerRequest, Message, members
-from actors.wire.server import Envelope, Server
+from actors.wire.roles import POOL_MANAGER
+from actors.wire.server import Envelope, Limits, Server
 
 log = structlog.get_logger("pool_manager")
 
@@ -35,12 +36,13 @@ class PoolManager:
         self.config = config
         self.registry = Registry(config.mysql_budget, config.lease_ttl_s)
         self.server: Server[ManagerRequest] = Server(
-            "pool_manager",
+            POOL_MANAGER,
             self.handle,
             members(ManagerRequest),
-            max_connections=4096,
-            max_in_flight=8192,
-            max_frame=config.common.max_frame,
+            credentials.identity(config.common, POOL_MANAGER),
+            limits=Limits(
+                max_connections=4096, max_in_flight=8192, max_frame=config.common.max_frame
+            ),
             on_close=self._peer_closed,
         )
         # registration connection peer -> worker id
@@ -67,6 +69,9 @@ class PoolManager:
         peer = envelope.peer
         match envelope.message:
             case messages.Register() as msg:
+                if msg.kind != envelope.peer_kind:
+                    # Only a worker's own certificate registers a worker of its kind.
+                    raise Forbidden(f"a {envelope.peer_kind} may not register as {msg.kind}")
                 return self._register(msg, peer)
             case messages.Heartbeat() as msg:
                 worker_id = self._worker_by_peer.get(peer)

@@ -69,18 +69,21 @@ class CommonConfig:
     max_frame: int
     var_dir: Path
     log_level: str
+    pki_dir: Path  # the tree's CA and certificates (tools.pki)
 
     @classmethod
     def from_env(cls) -> CommonConfig:
         bind_host = _env("USERHUB_BIND_HOST", "127.0.0.1")
+        var_dir = Path(_env("USERHUB_VAR", str(REPO_ROOT / "var")))
         return cls(
             manager_addr=parse_addr(_env("USERHUB_MANAGER_ADDR", "127.0.0.1:7400")),
             bind_host=bind_host,
             advertise_host=_env("USERHUB_ADVERTISE_HOST", bind_host),
             request_timeout_s=_env_float("USERHUB_REQUEST_TIMEOUT_S", 5.0),
             max_frame=_env_int("USERHUB_MAX_FRAME_BYTES", 1 << 20),
-            var_dir=Path(_env("USERHUB_VAR", str(REPO_ROOT / "var"))),
+            var_dir=var_dir,
             log_level=_env("USERHUB_LOG_LEVEL", "info"),
+            pki_dir=Path(_env("USERHUB_PKI_DIR", str(var_dir / "pki"))),
         )
 
 

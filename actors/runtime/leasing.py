@@ -33,7 +33,9 @@ from actors.wire.errors import (
     NoWorker,
     UserhubError,
 )
+from actors.wire.identity import Identity
 from actors.wire.messages import R, Request
+from actors.wire.roles import POOL_MANAGER
 
 log = structlog.get_logger("leasing")
 
@@ -45,13 +47,17 @@ _MANAGER_TIMEOUT_S = 1.0
 # knows no lease until the workers have registered again (they back off up to 1 s);
 # a renewal answered "lease unknown" in that gap must not cost the connections.
 _UNLEASED_GRACE_S = 3.0
+# A worker closes a connection that stayed silent for its idle timeout (60 s by
+# default, actors.wire.server.Limits); an idle one is pinged well before that.
+KEEPALIVE_S = 15.0
 
 
 class ManagerLink:
     """One connection to the pool manager, shared by a process's pools; reconnects lazily."""
 
-    def __init__(self, addr: tuple[str, int]) -> None:
+    def __init__(self, addr: tuple[str, int], identity: Identity) -> None:
         self.addr = addr
+        self.identity = identity
         self._conn: Connection | None = None
         self._lock = asyncio.Lock()
 
@@ -66,7 +72,9 @@ class ManagerLink:
         async with self._lock:
             if self._conn is None or not self._conn.is_open:
                 try:
-                    self._conn = await Connection.open(*self.addr, timeout=timeout)
+                    self._conn = await Connection.open(
+                        *self.addr, timeout=timeout, identity=self.identity, expect=POOL_MANAGER
+                    )
                 except ConnectionLost as exc:
                     raise ManagerUnavailable(str(exc)) from None
             return self._conn
@@ -93,6 +101,7 @@ class _Peer:
     in_flight: int = 0
     retiring: bool = False
     unleased_since: float | None = None
+    pinging: bool = False
 
 
 class WorkerPool:
@@ -112,6 +121,7 @@ class WorkerPool:
         self._wake = asyncio.Event()
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[None] | None = None
+        self._pings: set[asyncio.Task[None]] = set()
         self._gauge_leases = metrics.LEASES_HELD.labels(caller, kind)
         self._gauge_size = metrics.POOL_SIZE.labels(caller, kind)
         self._gauge_in_use = metrics.POOL_IN_USE.labels(caller, kind)
@@ -276,7 +286,26 @@ class WorkerPool:
         for peer in list(self._peers.values()):
             if not peer.conn.is_open:
                 self._peer_failed(peer, peer.conn.close_reason or "closed")
+            elif now - peer.conn.last_active >= KEEPALIVE_S and not peer.pinging:
+                self._keep_alive(peer)
         self._update_gauges()
+
+    def _keep_alive(self, peer: _Peer) -> None:
+        """Ping a connection that has carried nothing for a while, so the worker (which
+        closes silent connections) keeps it; a worker that does not answer is dropped."""
+
+        async def ping() -> None:
+            try:
+                await peer.conn.call(messages.Ping(), deadline=time.time() + 2.0, trace_id="")
+            except UserhubError as exc:
+                self._peer_failed(peer, f"keep-alive ping failed: {exc.code}")
+            finally:
+                peer.pinging = False
+
+        peer.pinging = True
+        task = asyncio.get_running_loop().create_task(ping())
+        self._pings.add(task)
+        task.add_done_callback(self._pings.discard)
 
     async def _renew_due(self) -> bool:
         now = time.monotonic()
@@ -325,7 +354,12 @@ class WorkerPool:
 
     async def _connect(self, lease: _Lease) -> None:
         try:
-            conn = await Connection.open(*lease.addr, timeout=_CONNECT_TIMEOUT_S)
+            conn = await Connection.open(
+                *lease.addr,
+                timeout=_CONNECT_TIMEOUT_S,
+                identity=self._link.identity,
+                expect=self.kind,
+            )
         except ConnectionLost as exc:
             log.info("worker_unreachable", kind=self.kind, peer=lease.addr, error=str(exc))
             self._broken.trip(lease.worker_id)

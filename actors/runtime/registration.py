@@ -20,6 +20,8 @@ from actors.runtime.config import CommonConfig
 from actors.wire import messages
 from actors.wire.client import Connection
 from actors.wire.errors import UserhubError
+from actors.wire.identity import Identity
+from actors.wire.roles import POOL_MANAGER
 
 log = structlog.get_logger("registration")
 
@@ -33,6 +35,7 @@ class Registration:
     def __init__(
         self,
         common: CommonConfig,
+        identity: Identity,
         *,
         kind: str,
         port: int,
@@ -42,6 +45,7 @@ class Registration:
         mysql_wanted: int = 0,
     ) -> None:
         self._common = common
+        self._identity = identity
         self._register = messages.Register(
             kind=kind,
             host=common.advertise_host,
@@ -81,7 +85,9 @@ class Registration:
     async def _session(self) -> None:
         host, port = self._common.manager_addr
         timeout = 2.0
-        self._conn = conn = await Connection.open(host, port, timeout=timeout)
+        self._conn = conn = await Connection.open(
+            host, port, timeout=timeout, identity=self._identity, expect=POOL_MANAGER
+        )
         msg = msgspec.structs.replace(self._register, ready=self._ready())
         reply = await conn.call(msg, deadline=time.time() + timeout, trace_id="")
         self.worker_id = reply.worker_id

@@ -26,8 +26,9 @@ from actors.runtime.config import CommonConfig, WorkerLimits
 from actors.runtime.lifecycle import Lifecycle
 from actors.runtime.registration import Registration
 from actors.wire.errors import UserhubError
+from actors.wire.identity import Identity
 from actors.wire.messages import Message, members
-from actors.wire.server import Envelope, Server
+from actors.wire.server import Envelope, Limits, Server
 
 log = structlog.get_logger("worker")
 
@@ -43,6 +44,7 @@ class WorkerServer(Generic[M]):
         *,
         common: CommonConfig,
         limits: WorkerLimits,
+        identity: Identity,
         lifecycle: Lifecycle,
         ready: Callable[[], bool] = lambda: True,
         mysql_wanted: int = 0,
@@ -56,13 +58,17 @@ class WorkerServer(Generic[M]):
         self._mysql_wanted = mysql_wanted
         self._handler = handler
         self._in_flight = metrics.IN_FLIGHT.labels(kind)
+        self.identity = identity
         self.server: Server[M] = Server(
             kind,
             self._observed,
             members(accepts),
-            max_connections=limits.max_connections,
-            max_in_flight=limits.max_in_flight,
-            max_frame=common.max_frame,
+            identity,
+            limits=Limits(
+                max_connections=limits.max_connections,
+                max_in_flight=limits.max_in_flight,
+                max_frame=common.max_frame,
+            ),
             on_error=self._count_error,
         )
         self.registration: Registration | None = None
@@ -111,6 +117,7 @@ class WorkerServer(Generic[M]):
         host, port = await self.server.start(self.common.bind_host, port)
         registration = Registration(
             self.common,
+            self.identity,
             kind=self.kind,
             port=port,
             capacity=self.limits.max_in_flight,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 import time
 from collections import OrderedDict
 from typing import cast
@@ -22,6 +23,7 @@ import structlog
 from actors.wire import messages, protocol
 from actors.wire.coalesce import CoalescingWriter
 from actors.wire.errors import ConnectionLost, DeadlineExceeded, ProtocolError
+from actors.wire.identity import HANDSHAKE_TIMEOUT_S, Identity, peer_kind
 from actors.wire.messages import Message, R, Request
 
 log = structlog.get_logger("rpc")
@@ -48,6 +50,8 @@ class Connection(asyncio.Protocol):
         self._ids = itertools.count(1)
         self._closed = asyncio.get_running_loop().create_future()
         self.close_reason = ""
+        self.peer_kind = ""
+        self.last_active = time.monotonic()
 
     # -- opening and closing ---------------------------------------------------------
 
@@ -58,16 +62,35 @@ class Connection(asyncio.Protocol):
         port: int,
         *,
         timeout: float,
+        identity: Identity,
+        expect: str,
         max_frame: int = protocol.DEFAULT_MAX_FRAME,
     ) -> Connection:
+        """Connect, prove who we are and check that the server is of kind ``expect``.
+
+        A refused or failed connection, a failed TLS handshake and a server of
+        another kind all raise ConnectionLost: the caller leaves that address alone
+        for a moment, whatever the reason.
+        """
         loop = asyncio.get_running_loop()
+        peer = f"{host}:{port}"
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(
-                    lambda: cls(f"{host}:{port}", max_frame), host, port
+                transport, conn = await loop.create_connection(
+                    lambda: cls(peer, max_frame),
+                    host,
+                    port,
+                    ssl=identity.client,
+                    ssl_handshake_timeout=min(timeout, HANDSHAKE_TIMEOUT_S),
                 )
-        except (OSError, TimeoutError) as exc:
-            raise ConnectionLost(f"cannot connect to {host}:{port}: {exc!r}") from None
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise ConnectionLost(f"cannot connect to {peer}: {exc!r}") from None
+        kind = peer_kind(transport)
+        if kind != expect:
+            conn.abort(f"{peer} is a {kind or 'peer of no kind'}, not a {expect}")
+            log.warning("unexpected_peer_kind", peer=peer, kind=kind, expected=expect)
+            raise ConnectionLost(f"{peer} is not a {expect}")
+        conn.peer_kind = kind
         return conn
 
     @property
@@ -114,6 +137,7 @@ class Connection(asyncio.Protocol):
         self._fail_all(f"connection lost ({exc!r})" if exc else "peer closed the connection")
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
         try:
             frames = self._decoder.feed(data)
         except ProtocolError as exc:
@@ -163,6 +187,7 @@ class Connection(asyncio.Protocol):
         self._pending[call_id] = fut
         assert self._writer is not None
         self._writer.write(frame)
+        self.last_active = time.monotonic()
         # A timer on the future itself: a fraction of asyncio.timeout()'s cost, and
         # this runs for every call a gateway or cache worker makes.
         timer = loop.call_later(remaining, _expire, fut)

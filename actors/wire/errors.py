@@ -84,6 +84,13 @@ class Throttled(CallerError):
         self.retry_after_s = retry_after_s
 
 
+class Forbidden(CallerError):
+    """The caller is who it says, but its role does not allow this request."""
+
+    code = "forbidden"
+    http_status = 403
+
+
 class CsrfFailed(CallerError):
     """A form did not carry a valid CSRF token: it is stale, or it came from another site."""
 

@@ -14,6 +14,8 @@ from actors.runtime.config import CommonConfig, ManagerConfig
 from actors.wire import errors, messages
 from actors.wire.client import Connection
 from actors.wire.messages import R, Request
+from actors.wire.roles import ADMIN, CACHE_WORKER, DB_WORKER, GATEWAY, POOL_MANAGER
+from tests.identities import identity, pki_dir
 from tests.unit.manager.test_registry import HOST, reg_msg
 
 # -- PoolManager over loopback sockets -------------------------------------------------------
@@ -40,6 +42,7 @@ def manager_config(
         max_frame=1 << 20,
         var_dir=tmp_path,
         log_level="warning",
+        pki_dir=pki_dir(),
     )
     return ManagerConfig(
         common=common, mysql_budget=100, heartbeat_interval_s=heartbeat_s, lease_ttl_s=ttl_s
@@ -55,8 +58,11 @@ class Running:
         self.conns: list[Connection] = []
         self.tasks: list[asyncio.Task[None]] = []
 
-    async def connect(self) -> Connection:
-        conn = await Connection.open(HOST, self.port, timeout=1.0)
+    async def connect(self, kind: str = GATEWAY) -> Connection:
+        """A connection with the certificate of ``kind`` (a gateway's: it leases)."""
+        conn = await Connection.open(
+            HOST, self.port, timeout=1.0, identity=identity(kind), expect=POOL_MANAGER
+        )
         self.conns.append(conn)
         return conn
 
@@ -64,14 +70,14 @@ class Running:
         return await conn.call(msg, deadline=dl(1), trace_id="")
 
     async def listing(self, kind: str = "") -> messages.WorkerList:
-        conn = await self.connect()
+        conn = await self.connect(ADMIN)
         try:
             return await self.call(conn, messages.ListWorkers(kind))
         finally:
             conn.close()
 
     async def register(self, msg: messages.Register) -> tuple[Connection, messages.Registered]:
-        conn = await self.connect()
+        conn = await self.connect(msg.kind)
         return conn, await self.call(conn, msg)
 
     def housekeeping(self) -> None:
@@ -211,7 +217,7 @@ async def test_heartbeat_updates_the_worker(pm: Running) -> None:
 
 
 async def test_heartbeat_from_an_unregistered_connection_is_refused(pm: Running) -> None:
-    stranger = await pm.connect()
+    stranger = await pm.connect(DB_WORKER)
     with pytest.raises(errors.CallerError) as info:
         await pm.call(stranger, messages.Heartbeat(in_flight=1, ready=True))
     assert info.value.code == "bad_request"
@@ -238,17 +244,32 @@ async def test_second_register_on_the_same_connection_is_refused(pm: Running) ->
 
 
 async def test_invalid_register_is_refused_and_the_connection_may_retry(pm: Running) -> None:
-    conn = await pm.connect()
+    conn = await pm.connect(CACHE_WORKER)
     with pytest.raises(errors.CallerError):
-        await pm.call(conn, reg_msg("gateway"))
+        await pm.call(conn, reg_msg("cache_worker", port=0))
     reply = await pm.call(conn, reg_msg("cache_worker"))
     assert isinstance(reply, messages.Registered)
 
 
-async def test_unhandled_message_is_a_caller_error(pm: Running) -> None:
-    conn = await pm.connect()
-    with pytest.raises(errors.CallerError, match="pool_manager does not handle Login"):
-        await pm.call(conn, messages.Login("u", "p"))
+async def test_a_worker_registers_only_as_the_kind_its_certificate_names(pm: Running) -> None:
+    cache = await pm.connect(CACHE_WORKER)
+    with pytest.raises(errors.Forbidden, match="may not register as db_worker"):
+        await pm.call(cache, reg_msg("db_worker", mysql_wanted=2048))
+    assert pm.manager.registry.mysql_granted == 0
+    for kind in (GATEWAY, ADMIN):
+        with pytest.raises(errors.Forbidden):
+            await pm.call(await pm.connect(kind), reg_msg("cache_worker"))
+    assert (await pm.listing()).workers == ()
+
+
+async def test_each_kind_may_ask_the_manager_only_what_its_role_needs(pm: Running) -> None:
+    gateway, worker = await pm.connect(GATEWAY), await pm.connect(DB_WORKER)
+    with pytest.raises(errors.Forbidden, match="may not send ListWorkers"):
+        await pm.call(gateway, messages.ListWorkers())
+    with pytest.raises(errors.Forbidden, match="may not send AcquireLease"):
+        await pm.call(worker, messages.AcquireLease("db_worker"))
+    with pytest.raises(errors.Forbidden):
+        await pm.call(gateway, messages.Login("u", "p"))
 
 
 async def test_housekeeping_cuts_a_worker_whose_heartbeats_stop(tmp_path: Path) -> None:

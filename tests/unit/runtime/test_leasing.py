@@ -23,7 +23,9 @@ from actors.runtime.leasing import ManagerLink, WorkerPool
 from actors.runtime.registration import Registration
 from actors.wire import errors, messages
 from actors.wire.messages import Message, R, Request
+from actors.wire.roles import GATEWAY
 from actors.wire.server import Envelope, Server
+from tests.identities import identity, pki_dir
 
 HOST = "127.0.0.1"
 KIND = "cache_worker"
@@ -48,6 +50,7 @@ def common_config(manager_port: int, tmp_path: Path) -> CommonConfig:
         max_frame=1 << 20,
         var_dir=tmp_path,
         log_level="warning",
+        pki_dir=pki_dir(),
     )
 
 
@@ -96,7 +99,13 @@ class FakeWorker:
     def __init__(self, marker: str, common: CommonConfig) -> None:
         self.marker = marker
         self.common = common
-        self.server: Server[messages.Ping] = Server("fake_worker", self.handle, (messages.Ping,))
+        self.server: Server[messages.Ping] = Server(
+            KIND,
+            self.handle,
+            (messages.Ping,),
+            identity(KIND),
+            allow={GATEWAY: frozenset({messages.Ping})},
+        )
         self.hold: asyncio.Event | None = None  # when set, calls wait for it
         self.calls = 0
         self.ready = True
@@ -114,6 +123,7 @@ class FakeWorker:
         _, self.port = await self.server.start(HOST, 0)
         self.registration = Registration(
             self.common,
+            identity(KIND),
             kind=KIND,
             port=self.port,
             capacity=100,
@@ -141,7 +151,7 @@ class RecordingLink(ManagerLink):
     """A ManagerLink that remembers what the pool manager answered to each renewal."""
 
     def __init__(self, addr: tuple[str, int]) -> None:
-        super().__init__(addr)
+        super().__init__(addr, identity(GATEWAY))
         self.renewals: list[str] = []
 
     async def call(self, message: Request[R], timeout: float = 1.0) -> R:
@@ -232,7 +242,7 @@ async def two_workers_and_a_pool(env: Env) -> tuple[FakeWorker, FakeWorker, Work
 
 
 async def test_manager_link_calls_and_reconnects(env: Env) -> None:
-    link = ManagerLink((HOST, env.manager.port))
+    link = ManagerLink((HOST, env.manager.port), identity(GATEWAY))
     env.links.append(link)
     reply = await link.call(messages.Ping())
     assert reply.kind == "pool_manager"
@@ -251,7 +261,7 @@ async def test_manager_link_unreachable(tmp_path: Path) -> None:
     port = server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
-    link = ManagerLink((HOST, port))
+    link = ManagerLink((HOST, port), identity(GATEWAY))
     start = time.monotonic()
     with pytest.raises(errors.ManagerUnavailable) as info:
         await link.call(messages.Ping(), timeout=0.3)

@@ -20,7 +20,9 @@ from actors.runtime.config import CommonConfig, ManagerConfig
 from actors.runtime.registration import Registration
 from actors.wire import messages
 from actors.wire.messages import ManagerRequest, Message, members
+from actors.wire.roles import POOL_MANAGER
 from actors.wire.server import Envelope, Server
+from tests.identities import identity, pki_dir
 
 HOST = "127.0.0.1"
 
@@ -40,6 +42,7 @@ def common_config(port: int, tmp_path: Path, advertise: str = HOST) -> CommonCon
         max_frame=1 << 20,
         var_dir=tmp_path,
         log_level="warning",
+        pki_dir=pki_dir(),
     )
 
 
@@ -52,7 +55,7 @@ class ScriptedManager:
         self.received: list[tuple[str, Message]] = []
         self.hang_up_on: set[type[Message]] = set()  # cut the connection instead of answering
         self.server: Server[ManagerRequest] = Server(
-            "manager", self.handle, members(ManagerRequest)
+            POOL_MANAGER, self.handle, members(ManagerRequest), identity(POOL_MANAGER)
         )
         self.port = 0
         self._ids = 0
@@ -104,6 +107,7 @@ class Running:
     ) -> Registration:
         reg = Registration(
             common_config(port, self.tmp_path, advertise),
+            identity(kind),
             kind=kind,
             port=worker_port,
             capacity=64,

@@ -36,7 +36,9 @@ from hypothesis.stateful import (
 from actors.wire import errors, messages, protocol
 from actors.wire.client import Connection
 from actors.wire.messages import Message
-from actors.wire.server import Envelope, Server
+from actors.wire.roles import DB_WORKER, GATEWAY
+from actors.wire.server import Envelope, Limits, Server
+from tests.identities import identity
 
 HOST = "127.0.0.1"
 T = TypeVar("T")
@@ -148,7 +150,12 @@ class ProtocolMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.server: Server[messages.Ping] = Server(
-            "echo", handler, (messages.Ping,), max_connections=64
+            DB_WORKER,
+            handler,
+            (messages.Ping,),
+            identity(DB_WORKER),
+            limits=Limits(max_connections=64),
+            allow={GATEWAY: frozenset({messages.Ping})},
         )
         self.port = 0
         self.names = itertools.count(1)
@@ -180,7 +187,9 @@ class ProtocolMachine(RuleBasedStateMachine):
         self.run(self._connect())
 
     async def _connect(self) -> Client:
-        reader, writer = await asyncio.open_connection(HOST, self.port)
+        reader, writer = await asyncio.open_connection(
+            HOST, self.port, ssl=identity(GATEWAY).client
+        )
         client = Client(next(self.names), reader, writer)
         client.task = asyncio.get_running_loop().create_task(client.read_loop())
         self.all_clients.append(client)
@@ -278,7 +287,9 @@ class ProtocolMachine(RuleBasedStateMachine):
     @rule()
     def new_connection_is_served(self) -> None:
         async def go() -> Message:
-            conn = await Connection.open(HOST, self.port, timeout=WAIT_S)
+            conn = await Connection.open(
+                HOST, self.port, timeout=WAIT_S, identity=identity(GATEWAY), expect=DB_WORKER
+            )
             try:
                 return await conn.call(
                     messages.Ping(), deadline=time.time() + WAIT_S, trace_id=f"{1:032x}"

@@ -18,7 +18,9 @@ import pytest
 from actors.wire import client, errors, messages, protocol
 from actors.wire.client import Connection
 from actors.wire.messages import Message
-from actors.wire.server import Envelope, ErrorHook, Server
+from actors.wire.roles import DB_WORKER, GATEWAY
+from actors.wire.server import Envelope, ErrorHook, Limits, Server
+from tests.identities import identity
 
 HOST = "127.0.0.1"
 TRACE = "0f" * 16
@@ -73,7 +75,7 @@ async def assert_closed_by_peer(reader: asyncio.StreamReader, timeout: float = 1
 
 
 class ServerOptions(TypedDict, total=False):
-    """The Server keywords the tests set."""
+    """The server limits (and error hook) the tests set."""
 
     max_connections: int
     max_in_flight: int
@@ -94,19 +96,30 @@ class Harness:
     async def server(
         self, handler: Handler, **kw: Unpack[ServerOptions]
     ) -> tuple[Server[Message], int]:
-        server: Server[Message] = Server("test", handler, ALL_REQUESTS, **kw)
+        on_error = kw.pop("on_error", None)
+        server: Server[Message] = Server(
+            "test",
+            handler,
+            ALL_REQUESTS,
+            identity(DB_WORKER),
+            limits=Limits(**kw),
+            allow={GATEWAY: frozenset(ALL_REQUESTS)},
+            on_error=on_error,
+        )
         _, port = await server.start(HOST, 0)
         self.servers.append(server)
         return server, port
 
     async def connect(self, port: int) -> Connection:
-        conn = await Connection.open(HOST, port, timeout=1.0)
+        conn = await Connection.open(
+            HOST, port, timeout=1.0, identity=identity(GATEWAY), expect=DB_WORKER
+        )
         self.conns.append(conn)
         return conn
 
     async def raw(self, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         async with asyncio.timeout(1.0):
-            reader, writer = await asyncio.open_connection(HOST, port)
+            reader, writer = await asyncio.open_connection(HOST, port, ssl=identity(GATEWAY).client)
         self.writers.append(writer)
         return reader, writer
 
@@ -133,7 +146,7 @@ class Harness:
                     task.cancel()
                 writer.close()
 
-        server = await asyncio.start_server(serve, HOST, 0)
+        server = await asyncio.start_server(serve, HOST, 0, ssl=identity(DB_WORKER).server)
         self.raw_servers.append(server)
         port: int = server.sockets[0].getsockname()[1]
         return port
@@ -312,11 +325,17 @@ async def test_a_request_outside_the_accepted_union_is_refused_unhandled(h: Harn
         handled.append(request.message)
         return messages.Pong()
 
-    server: Server[messages.Ping] = Server("pinger", handler, (messages.Ping,))
+    server: Server[messages.Ping] = Server(
+        "pinger",
+        handler,
+        (messages.Ping,),
+        identity(DB_WORKER),
+        allow={GATEWAY: frozenset({messages.Ping})},
+    )
     _, port = await server.start(HOST, 0)
     h.servers.append(server)  # type: ignore[arg-type]
     conn = await h.connect(port)
-    with pytest.raises(errors.CallerError, match="pinger does not handle ListWorkers"):
+    with pytest.raises(errors.Forbidden, match="a gateway may not send ListWorkers"):
         await conn.call(messages.ListWorkers(), deadline=dl(1), trace_id=TRACE)
     assert await conn.call(messages.Ping(), deadline=dl(1), trace_id=TRACE) == messages.Pong()
     assert handled == [messages.Ping()]
@@ -635,7 +654,7 @@ async def test_connect_refused_is_connection_lost(h: Harness) -> None:
     server.close()
     await server.wait_closed()
     with pytest.raises(errors.ConnectionLost):
-        await Connection.open(HOST, port, timeout=1.0)
+        await Connection.open(HOST, port, timeout=1.0, identity=identity(GATEWAY), expect=DB_WORKER)
 
 
 # -- a client seeing a corrupt stream -------------------------------------------------------
@@ -774,7 +793,7 @@ async def test_drain_finishes_in_flight_and_refuses_new_work(h: Harness) -> None
         await conn.call(messages.Ping(), deadline=dl(1), trace_id=trace(99))
     # new connections: refused (the listening socket is closed)
     with pytest.raises(errors.ConnectionLost):
-        await Connection.open(HOST, port, timeout=0.5)
+        await Connection.open(HOST, port, timeout=0.5, identity=identity(GATEWAY), expect=DB_WORKER)
     assert not drain.done()
     gate.set()
     async with asyncio.timeout(1):
