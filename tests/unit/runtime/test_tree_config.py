@@ -1,4 +1,4 @@
-"""actors.runtime.config's TreeConfig and the export lines it prints for a shell."""
+"""actors.runtime.config's TreeConfig and the export lines scripts/env.sh evaluates."""
 
 from __future__ import annotations
 
@@ -32,6 +32,18 @@ def clean(**extra: str) -> dict[str, str]:
     for name in ("PROMETHEUS_MULTIPROC_DIR", "PYTHONPATH"):
         env.pop(name, None)
     return env | extra
+
+
+def sourced(env: dict[str, str], before: str = "") -> dict[str, str]:
+    """The environment after ``before; . scripts/env.sh`` in bash, run elsewhere than the root."""
+    out = subprocess.run(
+        ["bash", "-c", f'{before}\n. "{ROOT}/scripts/env.sh" && env -0'],
+        cwd="/",
+        env=env,
+        check=True,
+        capture_output=True,
+    ).stdout
+    return dict(item.split("=", 1) for item in out.decode().split("\0") if "=" in item)
 
 
 def test_defaults() -> None:
@@ -153,3 +165,29 @@ def test_the_module_prints_the_export_lines() -> None:
     )
     assert bad.returncode == 2
     assert b"USERHUB_GATEWAYS" in bad.stderr
+
+
+def test_env_sh_exports_exactly_the_tree_config() -> None:
+    env = clean()
+    after = sourced(env)
+    expected = TreeConfig.from_env(env).exports()
+    assert {k: after[k] for k in EXPORTED} == expected
+    added = {k for k in after if k not in env} - {"PWD", "SHLVL", "_", "OLDPWD"}
+    assert added == set(EXPORTED), "env.sh exports nothing else"
+
+
+def test_env_sh_keeps_what_the_shell_set_even_unexported() -> None:
+    after = sourced(clean(USERHUB_REDIS_PORT="6501"), before="USERHUB_DB_WORKERS=7")
+    assert after["USERHUB_DB_WORKERS"] == "7"
+    assert after["USERHUB_REDIS_URL"] == "redis://127.0.0.1:6501/0"
+
+
+def test_env_sh_fails_when_a_value_is_bad() -> None:
+    done = subprocess.run(
+        ["bash", "-c", f'. "{ROOT}/scripts/env.sh" && echo sourced'],
+        env=clean(USERHUB_DB_WORKERS="lots"),
+        capture_output=True,
+    )
+    assert done.returncode != 0
+    assert b"sourced" not in done.stdout
+    assert b"USERHUB_DB_WORKERS" in done.stderr
