@@ -27,7 +27,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -40,10 +39,18 @@ import aiohttp
 import pymysql
 import redis
 
-from actors.runtime.config import MysqlDsn, parse_addr
+from actors.runtime.config import (
+    CacheWorkerConfig,
+    MysqlDsn,
+    TreeConfig,
+    format_addr,
+    parse_addr,
+)
 from actors.wire import messages, rpc
 from chaos import checker, faults, workload
+from chaos.proxied_tree import proxied_tree
 from chaos.proxy import RemoteProxy
+from tools.supervisorctl import Supervisorctl, parse_status
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "chaos" / "results" / "latest.json"
@@ -65,34 +72,18 @@ class Target:
 
     @classmethod
     def from_env(cls) -> Target:
-        env = os.environ
-        sock = f"unix://{env.get('USERHUB_VAR', str(ROOT / 'var'))}/run/supervisor.sock"
-
-        def ctl(*args: str) -> str:
-            done = subprocess.run(
-                [str(ROOT / ".venv/bin/supervisorctl"), "-c", str(ROOT / "supervisord.conf"),
-                 "-s", sock, *args],
-                capture_output=True, timeout=60,
-            )  # fmt: skip
-            return done.stdout.decode()
-
+        """The tree this process's environment describes (`make run`'s, after env.sh)."""
+        tree = TreeConfig.from_env()
         return cls(
-            base_url=f"http://{env.get('USERHUB_HTTP_ADDR', '127.0.0.1:8080')}",
-            ctl=ctl,
-            manager_addr=parse_addr(env.get("USERHUB_MANAGER_ADDR", "127.0.0.1:7400")),
-            mysql_dsn=env["USERHUB_MYSQL_DSN"],
-            redis_url=env["USERHUB_REDIS_URL"],
+            base_url=f"http://{format_addr(tree.http_addr)}",
+            ctl=Supervisorctl.from_env().ctl,
+            manager_addr=tree.manager_addr,
+            mysql_dsn=tree.mysql_dsn,
+            redis_url=tree.redis_url,
         )
 
     def processes(self) -> dict[str, tuple[str, int]]:
-        out: dict[str, tuple[str, int]] = {}
-        for line in self.ctl("status").splitlines():
-            parts = line.split()
-            if len(parts) > 3 and parts[2] == "pid":
-                out[parts[0]] = (parts[1], int(parts[3].rstrip(",")))
-            elif len(parts) >= 2:
-                out[parts[0]] = (parts[1], 0)
-        return out
+        return parse_status(self.ctl("status"))
 
 
 def mysql_connections(dsn: str) -> int:
@@ -184,7 +175,7 @@ async def allowances(target: Target) -> tuple[int, int]:
     finally:
         conn.close()
     assert isinstance(reply, messages.WorkerList)
-    redis_pool = int(os.environ.get("USERHUB_REDIS_POOL_SIZE", "64"))
+    redis_pool = CacheWorkerConfig.from_env().redis_pool_size
     caches = sum(1 for w in reply.workers if w.kind == "cache_worker")
     return reply.mysql_granted, caches * redis_pool
 
@@ -325,9 +316,7 @@ def print_table(report: dict[str, object]) -> None:
 
 @contextmanager
 def private_target() -> Iterator[Target]:
-    """A throwaway tree with Redis and MariaDB behind fault proxies (the test helpers')."""
-    from tests.integration.fault_proxy import proxied_tree
-
+    """A throwaway tree with Redis and MariaDB behind fault proxies."""
     with proxied_tree() as proxied:
         tree = proxied.tree
         yield Target(
