@@ -15,29 +15,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from actors.runtime.config import parse_addr
+from actors.runtime.config import TreeConfig
 from bench import loadgen
-
-ROOT = Path(__file__).resolve().parent.parent
+from tools.supervisorctl import Supervisorctl
 
 
 def running_programs() -> dict[str, int]:
-    """supervisorctl's RUNNING programs and their pids."""
-    out = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "supervisorctl"), "status"],
-        capture_output=True, text=True, timeout=10, cwd=ROOT,
-    ).stdout  # fmt: skip
-    pids: dict[str, int] = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) >= 4 and parts[1] == "RUNNING" and parts[2] == "pid":
-            pids[parts[0]] = int(parts[3].rstrip(","))
-    return pids
+    """The RUNNING programs of this environment's tree and their pids."""
+    status = Supervisorctl.from_env().status()
+    return {name: pid for name, (state, pid) in status.items() if state == "RUNNING" and pid}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -47,7 +37,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure(scenario: str, rate: float, seconds: float, connections: int) -> dict[str, object]:
-    host, port = parse_addr(os.environ.get("USERHUB_HTTP_ADDR", "127.0.0.1:8080"))
+    host, port = TreeConfig.from_env().http_addr
     pids = running_programs()
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     own = time.process_time()

@@ -27,7 +27,7 @@ from queue import Queue
 import pymysql
 
 from actors.db.passwords import make_hasher
-from actors.runtime.config import MysqlDsn
+from actors.runtime.config import MysqlDsn, mysql_dsn
 from bench.scenarios import BENCH_PASSWORD, TOKENS_FILE, bench_token, username_of
 from tools import dbsetup
 
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=500_000)
     parser.add_argument("--sessions", type=int, default=200_000)
     args = parser.parse_args(argv)
-    dsn = MysqlDsn.parse(os.environ["USERHUB_MYSQL_DSN"])
+    dsn = MysqlDsn.parse(mysql_dsn())
     dbsetup.apply_schema(dsn)
     loaded = load_users(dsn, args.users, args.chunk)
     print(

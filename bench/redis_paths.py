@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +20,7 @@ import redis.asyncio as aioredis
 import uvloop
 
 from actors.cache.redis_fast import FastRedis
+from actors.runtime.config import redis_url
 
 _KEY = "uh:bench:redis_paths"
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--ops", type=int, default=20_000)
     args = p.parse_args(argv)
-    url = os.environ.get("USERHUB_REDIS_URL", "redis://127.0.0.1:6380/0")
+    url = redis_url()
     for row in uvloop.run(compare(url, max(640, args.ops))):
         print(
             f"{row['in_flight']:>3} in flight: redis-py {row['redis_py_cpu_us']} us CPU "

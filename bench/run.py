@@ -32,18 +32,13 @@ from typing import Any
 
 import redis
 
-from actors.runtime.config import MysqlDsn, parse_addr
+from actors.runtime.config import MysqlDsn, TreeConfig
 from bench import baselines, load_users, loadgen, plots, stages, sweeps
 from bench.report import write_report
+from tools.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_baseline(kind: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -63,9 +58,10 @@ def start_baseline(kind: str) -> tuple[subprocess.Popen[bytes], int]:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.host, self.port = parse_addr(os.environ.get("USERHUB_HTTP_ADDR", "127.0.0.1:8080"))
+        self.tree = TreeConfig.from_env()
+        self.host, self.port = self.tree.http_addr
         self.metrics_url = f"http://{self.host}:{self.port}/metrics"
-        self.redis = redis.Redis.from_url(os.environ["USERHUB_REDIS_URL"])
+        self.redis = redis.Redis.from_url(self.tree.redis_url)
 
     def spec(self, scenario: str, port: int | None = None, **extra: object) -> dict[str, object]:
         return {
@@ -97,7 +93,7 @@ class Bench:
         report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         report["settings"] = {k: v for k, v in vars(a).items() if k != "out"}
         report["machine"] = {"cores": os.cpu_count()}
-        dsn = MysqlDsn.parse(os.environ["USERHUB_MYSQL_DSN"])
+        dsn = MysqlDsn.parse(self.tree.mysql_dsn)
         if not a.skip_load:
             started = time.monotonic()
             loaded = load_users.load_users(dsn, a.users, a.chunk)

@@ -11,15 +11,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import random
 from pathlib import Path
 
+from actors.runtime.config import var_dir
 from bench.httpclient import build_request
 
-ROOT = Path(__file__).resolve().parent.parent
 BENCH_PASSWORD = "bench-password-1"
-TOKENS_FILE = Path(os.environ.get("USERHUB_VAR", str(ROOT / "var"))) / "bench" / "tokens.txt"
+TOKENS_FILE = var_dir() / "bench" / "tokens.txt"
 CACHED_USERS = 1000  # the original benchmark read the same 1,000 users
 
 

@@ -1,7 +1,7 @@
 """Sweeps: the same reads over MySQL pool sizes, worker counts and offered rates.
 
 Pool sizes and worker counts are read when processes start, so each point runs on a
-private actors-only tree (bench.private_tree) against the benchmark's own MariaDB and
+private actors-only tree (tools.private_tree) against the benchmark's own MariaDB and
 Redis; the tree `make run` started is left alone. At each point:
 
 * cached reads: a short closed-loop warm-up of the 1,000 cached users (on worker
@@ -28,7 +28,7 @@ import pymysql
 
 from actors.runtime.config import MysqlDsn
 from bench import loadgen, stages
-from bench.private_tree import PrivateTree, Shape, private_tree
+from tools.private_tree import PrivateTree, private_tree
 
 # Shapes are (gateways, cache_workers, db_workers).
 FULL_POOLS = (50, 200, 500, 1000, 2000, 4000)
@@ -38,6 +38,44 @@ WORKER_SWEEP_POOL = 2048  # the pool manager's default budget, the seed's figure
 
 # Fields of a loadgen summary kept per phase (latencies are summarised already).
 _KEEP = ("rate", "achieved_rps", "completed", "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One sweep point's process counts and MySQL pool.
+
+    ``pool`` is the total MySQL pool of the tree, the seed's "pool size": the pool
+    manager's budget, split evenly (rounded up) among the db_workers.
+    """
+
+    gateways: int
+    cache_workers: int
+    db_workers: int
+    pool: int
+
+    @property
+    def pool_per_db_worker(self) -> int:
+        return math.ceil(self.pool / self.db_workers)
+
+    def settings(self) -> dict[str, int]:
+        return {
+            "gateways": self.gateways,
+            "cache_workers": self.cache_workers,
+            "db_workers": self.db_workers,
+            "pool_size": self.pool,
+            "mysql_budget": self.pool,
+            "db_pool_size": self.pool_per_db_worker,
+        }
+
+    def env(self) -> dict[str, str]:
+        """The settings of a private tree of this shape."""
+        return {
+            "USERHUB_GATEWAYS": str(self.gateways),
+            "USERHUB_CACHE_WORKERS": str(self.cache_workers),
+            "USERHUB_DB_WORKERS": str(self.db_workers),
+            "USERHUB_MYSQL_BUDGET": str(self.pool),
+            "USERHUB_DB_POOL_SIZE": str(self.pool_per_db_worker),
+        }
 
 
 @dataclass
@@ -137,7 +175,12 @@ def run_point(
     started = time.monotonic()
     tree: PrivateTree | None = None
     try:
-        with private_tree(shape) as tree:
+        with private_tree(
+            shape.env(),
+            own_servers=False,
+            prefix="uh-sweep-",
+            keep_logs_in="USERHUB_KEEP_SWEEP_LOGS",
+        ) as tree:
             granted = tree.workers().mysql_granted
             point.update(ready_s=tree.ready_seconds, mysql_granted=granted)
             threads_ready = _threads_connected(dsn)

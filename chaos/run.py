@@ -27,7 +27,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -40,11 +39,18 @@ import aiohttp
 import pymysql
 import redis
 
-from actors.runtime.config import MysqlDsn, parse_addr
-from actors.wire import messages
-from actors.wire.client import Connection
+from actors.runtime.config import (
+    CacheWorkerConfig,
+    MysqlDsn,
+    TreeConfig,
+    format_addr,
+    parse_addr,
+)
 from chaos import checker, faults, workload
+from chaos.proxied_tree import proxied_tree
 from chaos.proxy import RemoteProxy
+from tools import admin
+from tools.supervisorctl import Supervisorctl, parse_status
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "chaos" / "results" / "latest.json"
@@ -98,6 +104,7 @@ class Target:
     base_url: str
     ctl: Callable[..., str]
     manager_addr: tuple[str, int]
+    pki_dir: Path
     mysql_dsn: str
     redis_url: str
     # "redis" / "mysql" -> the fault proxy between the workers and that server, if any
@@ -105,34 +112,19 @@ class Target:
 
     @classmethod
     def from_env(cls) -> Target:
-        env = os.environ
-        sock = f"unix://{env.get('USERHUB_VAR', str(ROOT / 'var'))}/run/supervisor.sock"
-
-        def ctl(*args: str) -> str:
-            done = subprocess.run(
-                [str(ROOT / ".venv/bin/supervisorctl"), "-c", str(ROOT / "supervisord.conf"),
-                 "-s", sock, *args],
-                capture_output=True, timeout=60,
-            )  # fmt: skip
-            return done.stdout.decode()
-
+        """The tree this process's environment describes (`make run`'s, after env.sh)."""
+        tree = TreeConfig.from_env()
         return cls(
-            base_url=f"http://{env.get('USERHUB_HTTP_ADDR', '127.0.0.1:8080')}",
-            ctl=ctl,
-            manager_addr=parse_addr(env.get("USERHUB_MANAGER_ADDR", "127.0.0.1:7400")),
-            mysql_dsn=env["USERHUB_MYSQL_DSN"],
-            redis_url=env["USERHUB_REDIS_URL"],
+            base_url=f"http://{format_addr(tree.http_addr)}",
+            ctl=Supervisorctl.from_env().ctl,
+            manager_addr=tree.manager_addr,
+            pki_dir=tree.pki_dir,
+            mysql_dsn=tree.mysql_dsn,
+            redis_url=tree.redis_url,
         )
 
     def processes(self) -> dict[str, tuple[str, int]]:
-        out: dict[str, tuple[str, int]] = {}
-        for line in self.ctl("status").splitlines():
-            parts = line.split()
-            if len(parts) > 3 and parts[2] == "pid":
-                out[parts[0]] = (parts[1], int(parts[3].rstrip(",")))
-            elif len(parts) >= 2:
-                out[parts[0]] = (parts[1], 0)
-        return out
+        return parse_status(self.ctl("status"))
 
 
 def mysql_connections(dsn: str) -> int:
@@ -204,34 +196,24 @@ def _listening(pid: int, port: int) -> bool:
 
 async def _registered_ready(target: Target, pid: int) -> bool:
     try:
-        conn = await Connection.open(*target.manager_addr, timeout=1)
-        try:
-            reply = await conn.call(messages.ListWorkers(), deadline=time.time() + 1, trace_id="")
-        finally:
-            conn.close()
+        reply = await admin.list_workers(target.manager_addr, target.pki_dir, timeout=1)
     except Exception:
         return False
-    assert isinstance(reply, messages.WorkerList)
     return any(w.pid == pid and w.ready for w in reply.workers)
 
 
 async def allowances(target: Target) -> tuple[int, int]:
     """Connections the live tree may hold: the MySQL budget granted to live db_workers,
     and each live cache_worker's Redis pool bound."""
-    conn = await Connection.open(*target.manager_addr, timeout=2)
-    try:
-        reply = await conn.call(messages.ListWorkers(), deadline=time.time() + 2, trace_id="")
-    finally:
-        conn.close()
-    assert isinstance(reply, messages.WorkerList)
-    redis_pool = int(os.environ.get("USERHUB_REDIS_POOL_SIZE", "64"))
+    reply = await admin.list_workers(target.manager_addr, target.pki_dir)
+    redis_pool = CacheWorkerConfig.from_env().redis_pool_size
     caches = sum(1 for w in reply.workers if w.kind == "cache_worker")
     return reply.mysql_granted, caches * redis_pool
 
 
 async def _manager_answers(target: Target) -> bool:
     try:
-        conn = await Connection.open(*target.manager_addr, timeout=1)
+        conn = await admin.open_manager(target.manager_addr, target.pki_dir, timeout=1)
         conn.close()
         return True
     except Exception:
@@ -365,15 +347,14 @@ def print_table(report: Report) -> None:
 
 @contextmanager
 def private_target() -> Iterator[Target]:
-    """A throwaway tree with Redis and MariaDB behind fault proxies (the test helpers')."""
-    from tests.integration.fault_proxy import proxied_tree
-
+    """A throwaway tree with Redis and MariaDB behind fault proxies."""
     with proxied_tree() as proxied:
         tree = proxied.tree
         yield Target(
             base_url=tree.base_url,
             ctl=tree.ctl,
             manager_addr=tree.manager_addr,
+            pki_dir=tree.pki_dir,
             mysql_dsn=tree.env["USERHUB_MYSQL_DSN"],
             redis_url=tree.env["USERHUB_REDIS_URL"],
             proxies={"redis": proxied.redis, "mysql": proxied.mysql},

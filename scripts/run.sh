@@ -7,6 +7,8 @@ scripts/setup.sh
 . scripts/env.sh
 
 mkdir -p "$USERHUB_VAR"/{log,run,redis,avatars} "$PROMETHEUS_MULTIPROC_DIR"
+# The tree's CA and a certificate per kind of actor: made once, kept on later runs.
+.venv/bin/python -m tools.pki ensure "$USERHUB_PKI_DIR"
 ctl=(.venv/bin/supervisorctl -c supervisord.conf -s "unix://$USERHUB_VAR/run/supervisor.sock")
 
 if "${ctl[@]}" pid >/dev/null 2>&1; then

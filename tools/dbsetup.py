@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pymysql
 
-from actors.runtime.config import MysqlDsn
+from actors.runtime.config import MysqlDsn, mysql_dsn, var_dir
 
 SCHEMA = Path(__file__).resolve().parents[1] / "actors" / "db" / "schema.sql"
 
@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.dbsetup")
     parser.add_argument("step", choices=["init", "bootstrap", "schema"])
     args = parser.parse_args(argv)
-    var = Path(os.environ.get("USERHUB_VAR", "var"))
-    dsn = MysqlDsn.parse(os.environ["USERHUB_MYSQL_DSN"]) if args.step != "init" else None
+    var = var_dir()
+    dsn = MysqlDsn.parse(mysql_dsn()) if args.step != "init" else None
     if args.step == "init":
         created = init_datadir(var / "mysql")
         print("created a private MariaDB data directory" if created else "data directory ok")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from actors.runtime.config import REPO_ROOT
+from actors.runtime.config import var_dir
 from tools.logtool_read import (
     Line,
     ReadStats,
@@ -334,8 +333,7 @@ def render_summary(report: dict[str, Any]) -> str:
 
 
 def default_log_dir() -> Path:
-    var = os.environ.get("USERHUB_VAR")
-    return Path(var) / "log" if var else REPO_ROOT / "var" / "log"
+    return var_dir() / "log"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from actors.wire.identity import CA_FILE, KIND_URI_PREFIX, cert_file, key_file
 from actors.wire.roles import KINDS
@@ -36,6 +36,13 @@ CA_KEY = "ca.key"
 CA_CERT = "ca-current.crt"
 CA_VALID_DAYS = 3650
 CERT_VALID_DAYS = 825
+
+
+_CA_USAGE = x509.KeyUsage(
+    digital_signature=False, content_commitment=False, key_encipherment=False,
+    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+    encipher_only=False, decipher_only=False,
+)  # fmt: skip
 
 
 def _now() -> datetime.datetime:
@@ -91,12 +98,18 @@ def make_ca(directory: Path) -> None:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
-        )  # fmt: skip
+        )
         .sign(key, None)
     )
     previous = _current_ca(directory)
@@ -140,7 +153,7 @@ def make_cert(directory: Path, kind: str) -> None:
         )
         .add_extension(
             x509.ExtendedKeyUsage(
-                [x509.ExtendedKeyUsageOID.SERVER_AUTH, x509.ExtendedKeyUsageOID.CLIENT_AUTH]
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
             ),
             critical=False,
         )
@@ -159,7 +172,10 @@ def ensure(directory: Path, kinds: Iterable[str] = KINDS) -> list[str]:
         make_ca(directory)
         made.append("ca")
     for kind in kinds:
-        if not (directory / cert_file(kind)).is_file() or not (directory / key_file(kind)).is_file():
+        if (
+            not (directory / cert_file(kind)).is_file()
+            or not (directory / key_file(kind)).is_file()
+        ):
             make_cert(directory, kind)
             made.append(kind)
     return made

@@ -3,29 +3,92 @@
 Every address is host:port, so nothing assumes one machine: the embedded MariaDB and
 Redis are only the default DSNs, and workers may run on other hosts as long as they
 can reach the pool manager and advertise an address the clients can reach.
+
+Every default is written in this module and nowhere else: TreeConfig holds what
+supervisord.conf and the scripts read, and scripts/env.sh exports what
+``python -m actors.runtime.config --shell`` prints.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import pwd
+import shlex
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+# The defaults more than one setting derives from; every other default is written
+# where its setting is read, below.
+DEFAULT_MYSQL_PORT = 3307  # the private MariaDB, off the standard port
+DEFAULT_REDIS_PORT = 6380  # the private Redis, likewise
+DEFAULT_MANAGER_ADDR = "127.0.0.1:7400"
+DEFAULT_HTTP_ADDR = "127.0.0.1:8080"
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name, "")
+
+def _env(name: str, default: str, environ: Mapping[str, str] | None = None) -> str:
+    """``name`` from the environment; unset and empty both mean ``default``."""
+    value = (os.environ if environ is None else environ).get(name, "")
     return value if value != "" else default
 
 
-def _env_int(name: str, default: int) -> int:
-    return int(_env(name, str(default)))
+def _env_int(name: str, default: int, environ: Mapping[str, str] | None = None) -> int:
+    value = _env(name, str(default), environ)
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
 
 
 def _env_float(name: str, default: float) -> float:
-    return float(_env(name, str(default)))
+    value = _env(name, str(default))
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _env_bool(name: str, default: bool, environ: Mapping[str, str] | None = None) -> bool:
+    """The spellings supervisord accepts; anything else fails loudly, as numbers do."""
+    value = _env(name, "true" if default else "false", environ).lower()
+    if value not in _TRUE + _FALSE:
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value in _TRUE
+
+
+def repo_root(environ: Mapping[str, str] | None = None) -> Path:
+    return Path(_env("USERHUB_ROOT", str(REPO_ROOT), environ))
+
+
+def var_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where a tree keeps its data, sockets, logs and metrics."""
+    return Path(_env("USERHUB_VAR", str(repo_root(environ) / "var"), environ))
+
+
+def pki_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the tree's CA and the actors' certificates are (tools.pki makes them)."""
+    return Path(_env("USERHUB_PKI_DIR", str(var_dir(environ) / "pki"), environ))
+
+
+def mysql_dsn(environ: Mapping[str, str] | None = None) -> str:
+    """USERHUB_MYSQL_DSN, else the private MariaDB on USERHUB_MYSQL_PORT."""
+    port = _env_int("USERHUB_MYSQL_PORT", DEFAULT_MYSQL_PORT, environ)
+    return _env("USERHUB_MYSQL_DSN", f"mysql://userhub:userhub@127.0.0.1:{port}/userhub", environ)
+
+
+def redis_url(environ: Mapping[str, str] | None = None) -> str:
+    """USERHUB_REDIS_URL, else the private Redis on USERHUB_REDIS_PORT."""
+    port = _env_int("USERHUB_REDIS_PORT", DEFAULT_REDIS_PORT, environ)
+    return _env("USERHUB_REDIS_URL", f"redis://127.0.0.1:{port}/0", environ)
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -34,6 +97,12 @@ def parse_addr(addr: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"address must be host:port, got {addr!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def format_addr(addr: tuple[str, int]) -> str:
+    """The inverse of parse_addr: IPv6 hosts get their brackets back."""
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,16 +143,16 @@ class CommonConfig:
     @classmethod
     def from_env(cls) -> CommonConfig:
         bind_host = _env("USERHUB_BIND_HOST", "127.0.0.1")
-        var_dir = Path(_env("USERHUB_VAR", str(REPO_ROOT / "var")))
+        var = var_dir()
         return cls(
-            manager_addr=parse_addr(_env("USERHUB_MANAGER_ADDR", "127.0.0.1:7400")),
+            manager_addr=parse_addr(_env("USERHUB_MANAGER_ADDR", DEFAULT_MANAGER_ADDR)),
             bind_host=bind_host,
             advertise_host=_env("USERHUB_ADVERTISE_HOST", bind_host),
             request_timeout_s=_env_float("USERHUB_REQUEST_TIMEOUT_S", 5.0),
             max_frame=_env_int("USERHUB_MAX_FRAME_BYTES", 1 << 20),
-            var_dir=var_dir,
+            var_dir=var,
             log_level=_env("USERHUB_LOG_LEVEL", "info"),
-            pki_dir=Path(_env("USERHUB_PKI_DIR", str(var_dir / "pki"))),
+            pki_dir=pki_dir(),
         )
 
 
@@ -155,9 +224,7 @@ class DbWorkerConfig:
         return cls(
             common=CommonConfig.from_env(),
             limits=WorkerLimits.from_env(),
-            mysql=MysqlDsn.parse(
-                _env("USERHUB_MYSQL_DSN", "mysql://userhub:userhub@127.0.0.1:3307/userhub")
-            ),
+            mysql=MysqlDsn.parse(mysql_dsn()),
             pool_wanted=_env_int("USERHUB_DB_POOL_SIZE", 128),
             # One hashing thread per core across the host's db_workers: more only
             # makes the hashes fight over caches and memory bandwidth.
@@ -186,7 +253,7 @@ class CacheWorkerConfig:
         return cls(
             common=CommonConfig.from_env(),
             limits=WorkerLimits.from_env(),
-            redis_url=_env("USERHUB_REDIS_URL", "redis://127.0.0.1:6380/0"),
+            redis_url=redis_url(),
             redis_pool_size=_env_int("USERHUB_REDIS_POOL_SIZE", 64),
             profile_ttl_s=_env_int("USERHUB_PROFILE_TTL_S", 24 * 3600),
             db_leases=_env_int("USERHUB_DB_LEASES", 4),
@@ -214,7 +281,7 @@ class GatewayConfig:
         common = CommonConfig.from_env()
         return cls(
             common=common,
-            http_addr=parse_addr(_env("USERHUB_HTTP_ADDR", "127.0.0.1:8080")),
+            http_addr=parse_addr(_env("USERHUB_HTTP_ADDR", DEFAULT_HTTP_ADDR)),
             image_dir=Path(_env("USERHUB_IMAGE_DIR", str(common.var_dir / "avatars"))),
             db_leases=_env_int("USERHUB_DB_LEASES", 4),
             cache_leases=_env_int("USERHUB_CACHE_LEASES", 4),
@@ -226,3 +293,125 @@ class GatewayConfig:
             login_window_s=_env_float("USERHUB_LOGIN_WINDOW_S", 60.0),
             csrf_secret=_env("USERHUB_CSRF_SECRET", ""),
         )
+
+
+def _os_user() -> str:
+    """The effective user, as `id -un` names it; MariaDB runs as this user."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid without a passwd entry (some containers)
+        return str(os.geteuid())
+
+
+@dataclass(frozen=True, slots=True)
+class TreeConfig:
+    """What the tree as a whole is started with, rather than what one actor reads.
+
+    supervisord.conf reads these as ``%(ENV_...)s`` and the scripts as shell
+    variables, so they must be in the environment before supervisord starts:
+    scripts/env.sh exports what ``python -m actors.runtime.config --shell`` prints.
+    The actors read the settings they share with it (DSN, URL, addresses, var dir)
+    through the same functions, so every default is written once, here.
+    """
+
+    root: Path
+    var_dir: Path
+    pki_dir: Path
+    python: Path  # the interpreter supervisord starts the actors with
+    os_user: str
+    mysql_port: int  # the private MariaDB's, whichever DSN the workers use
+    redis_port: int
+    mysql_dsn: str
+    redis_url: str
+    # The private servers start unless a DSN or URL of one's own is given.
+    start_mysql: bool
+    start_redis: bool
+    redis_maxmemory: str  # passed as is to redis-server (e.g. 2gb)
+    innodb_buffer_pool: str  # passed as is to mariadbd (e.g. 4G)
+    manager_addr: tuple[str, int]
+    http_addr: tuple[str, int]
+    db_workers: int
+    cache_workers: int
+    gateways: int
+    spare_workers: int  # per kind, declared but started only on demand
+    metrics_dir: Path  # PROMETHEUS_MULTIPROC_DIR: one scrape shows every process
+    pythonpath: str  # the root first, so `python -m actors.<kind>` works from anywhere
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> TreeConfig:
+        env = os.environ if environ is None else environ
+        root = repo_root(env)
+        var = var_dir(env)
+        inherited = env.get("PYTHONPATH", "")
+        return cls(
+            root=root,
+            var_dir=var,
+            pki_dir=pki_dir(env),
+            python=Path(_env("USERHUB_PYTHON", str(root / ".venv" / "bin" / "python"), env)),
+            os_user=_env("USERHUB_OS_USER", _os_user(), env),
+            mysql_port=_env_int("USERHUB_MYSQL_PORT", DEFAULT_MYSQL_PORT, env),
+            redis_port=_env_int("USERHUB_REDIS_PORT", DEFAULT_REDIS_PORT, env),
+            mysql_dsn=mysql_dsn(env),
+            redis_url=redis_url(env),
+            start_mysql=_env_bool("USERHUB_START_MYSQL", not env.get("USERHUB_MYSQL_DSN"), env),
+            start_redis=_env_bool("USERHUB_START_REDIS", not env.get("USERHUB_REDIS_URL"), env),
+            redis_maxmemory=_env("USERHUB_REDIS_MAXMEMORY", "2gb", env),
+            innodb_buffer_pool=_env("USERHUB_INNODB_BUFFER_POOL", "4G", env),
+            manager_addr=parse_addr(_env("USERHUB_MANAGER_ADDR", DEFAULT_MANAGER_ADDR, env)),
+            http_addr=parse_addr(_env("USERHUB_HTTP_ADDR", DEFAULT_HTTP_ADDR, env)),
+            db_workers=_env_int("USERHUB_DB_WORKERS", 2, env),
+            cache_workers=_env_int("USERHUB_CACHE_WORKERS", 2, env),
+            gateways=_env_int("USERHUB_GATEWAYS", 2, env),
+            spare_workers=_env_int("USERHUB_SPARE_WORKERS", 2, env),
+            metrics_dir=Path(_env("PROMETHEUS_MULTIPROC_DIR", str(var / "metrics"), env)),
+            pythonpath=f"{root}:{inherited}" if inherited else str(root),
+        )
+
+    def exports(self) -> dict[str, str]:
+        """Every variable scripts/env.sh exports, as the environment spells it."""
+        return {
+            "USERHUB_ROOT": str(self.root),
+            "USERHUB_VAR": str(self.var_dir),
+            "USERHUB_PKI_DIR": str(self.pki_dir),
+            "USERHUB_PYTHON": str(self.python),
+            "USERHUB_OS_USER": self.os_user,
+            "USERHUB_MYSQL_PORT": str(self.mysql_port),
+            "USERHUB_REDIS_PORT": str(self.redis_port),
+            "USERHUB_MYSQL_DSN": self.mysql_dsn,
+            "USERHUB_START_MYSQL": "true" if self.start_mysql else "false",
+            "USERHUB_REDIS_URL": self.redis_url,
+            "USERHUB_START_REDIS": "true" if self.start_redis else "false",
+            "USERHUB_REDIS_MAXMEMORY": self.redis_maxmemory,
+            "USERHUB_INNODB_BUFFER_POOL": self.innodb_buffer_pool,
+            "USERHUB_MANAGER_ADDR": format_addr(self.manager_addr),
+            "USERHUB_HTTP_ADDR": format_addr(self.http_addr),
+            "USERHUB_DB_WORKERS": str(self.db_workers),
+            "USERHUB_CACHE_WORKERS": str(self.cache_workers),
+            "USERHUB_GATEWAYS": str(self.gateways),
+            "USERHUB_SPARE_WORKERS": str(self.spare_workers),
+            "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
+            "PYTHONPATH": self.pythonpath,
+        }
+
+    def shell(self) -> str:
+        """``export NAME=value`` lines that a POSIX shell may eval, values quoted."""
+        return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in self.exports().items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m actors.runtime.config",
+        description="The tree's settings from the environment and the defaults, for a shell.",
+    )
+    parser.add_argument("--shell", action="store_true", required=True, help="export lines")
+    parser.parse_args(argv)
+    try:
+        sys.stdout.write(TreeConfig.from_env().shell())
+    except ValueError as exc:
+        print(f"userhub configuration: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

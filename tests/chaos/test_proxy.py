@@ -131,7 +131,7 @@ async def test_threaded_proxy_is_controlled_from_another_loop() -> None:
 
 
 async def test_program_control_port(tmp_path: object) -> None:
-    from tests.integration.tree import free_port
+    from tools.ports import free_port
 
     listen, control = free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(

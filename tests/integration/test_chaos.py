@@ -15,6 +15,7 @@ async def test_short_chaos_run_loses_nothing(tree: Tree) -> None:
         base_url=tree.base_url,
         ctl=tree.ctl,
         manager_addr=tree.manager_addr,
+        pki_dir=tree.pki_dir,
         mysql_dsn=tree.env["USERHUB_MYSQL_DSN"],
         redis_url=tree.env["USERHUB_REDIS_URL"],
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ import pytest
 
 from actors.wire import messages, protocol
 from actors.wire.client import Connection
+from actors.wire.identity import Identity
+from actors.wire.roles import CACHE_WORKER, GATEWAY
 from tests.integration.conftest import Account, sign_up_and_log_in
 from tests.integration.tree import Tree, wait_until
 
@@ -159,8 +162,8 @@ def _closed_by_peer(sock: socket.socket, timeout: float = 3.0) -> bool:
             data = sock.recv(65536)
             if not data:
                 return True
-    except ConnectionResetError:
-        return True
+    except (ConnectionResetError, ssl.SSLError):
+        return True  # reset, or the TLS session cut short
     except TimeoutError:
         return False
 
@@ -169,11 +172,18 @@ async def test_malformed_and_oversized_frames_close_only_that_connection(
     http: aiohttp.ClientSession, tree: Tree
 ) -> None:
     worker = next(w for w in tree.workers("cache_worker").workers if w.ready)
-    good = await Connection.open(worker.host, worker.port, timeout=2)
+    gateway = Identity.load(tree.pki_dir, GATEWAY)
+    good = await Connection.open(
+        worker.host, worker.port, timeout=2, identity=gateway, expect=CACHE_WORKER
+    )
     try:
+        # Not even TLS: refused at the handshake.
         garbage = socket.create_connection((worker.host, worker.port), timeout=2)
         garbage.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"\x00" * 64)
-        oversized = socket.create_connection((worker.host, worker.port), timeout=2)
+        # Authenticated, then a frame that announces 512 MiB: refused at the header.
+        oversized = gateway.client.wrap_socket(
+            socket.create_connection((worker.host, worker.port), timeout=2)
+        )
         header = protocol.HEADER.pack(
             protocol.MAGIC, protocol.VERSION, 0, messages.TYPE_CODES[messages.Ping], 1,
             int((time.time() + 5) * 1000), b"\0" * 16, 512 * 1024 * 1024,

@@ -96,13 +96,19 @@ class Harness:
     async def server(
         self, handler: Handler, **kw: Unpack[ServerOptions]
     ) -> tuple[Server[Message], int]:
-        on_error = kw.pop("on_error", None)
+        limits = Limits()
+        limits = Limits(
+            max_connections=kw.get("max_connections", limits.max_connections),
+            max_in_flight=kw.get("max_in_flight", limits.max_in_flight),
+            max_frame=kw.get("max_frame", limits.max_frame),
+        )
+        on_error = kw.get("on_error")
         server: Server[Message] = Server(
             "test",
             handler,
             ALL_REQUESTS,
             identity(DB_WORKER),
-            limits=Limits(**kw),
+            limits=limits,
             allow={GATEWAY: frozenset(ALL_REQUESTS)},
             on_error=on_error,
         )
