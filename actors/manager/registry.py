@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 
 from actors.wire import messages
 from actors.wire.errors import CallerError, LeaseUnknown, NoWorker
+from actors.wire.roles import DB_WORKER, WORKER_KINDS
 
-WORKER_KINDS = ("db_worker", "cache_worker")
+#: Leases one client connection may hold at once (clients want a handful, 4 by default).
+MAX_LEASES_PER_HOLDER = 64
 
 
 @dataclass(slots=True)
@@ -63,11 +65,18 @@ class Lease:
 class Registry:
     """The manager's state, free of I/O so it can be tested on its own."""
 
-    def __init__(self, mysql_budget: int, lease_ttl_s: float) -> None:
+    def __init__(
+        self,
+        mysql_budget: int,
+        lease_ttl_s: float,
+        max_leases_per_holder: int = MAX_LEASES_PER_HOLDER,
+    ) -> None:
         self.mysql_budget = mysql_budget
         self.lease_ttl_s = lease_ttl_s
+        self.max_leases_per_holder = max_leases_per_holder
         self.workers: dict[str, Worker] = {}
         self.leases: dict[str, Lease] = {}
+        self._by_holder: dict[str, set[str]] = {}  # holder -> its lease ids
         self._ids = itertools.count(1)
         self._epoch = f"{os.getpid():x}{int(time.time()) & 0xFFFF:04x}"
 
@@ -82,7 +91,7 @@ class Registry:
             raise CallerError("capacity and port must be positive")
         worker_id = f"{msg.kind}-{self._epoch}-{next(self._ids)}"
         granted = 0
-        if msg.kind == "db_worker":
+        if msg.kind == DB_WORKER:
             granted = max(0, min(msg.mysql_wanted, self.mysql_budget - self.mysql_granted))
         worker = Worker(
             worker_id=worker_id,
@@ -102,7 +111,9 @@ class Registry:
         worker = self.workers.pop(worker_id, None)
         if worker is not None:
             for lease_id in worker.leases:
-                self.leases.pop(lease_id, None)
+                lease = self.leases.pop(lease_id, None)
+                if lease is not None:
+                    self._forget(lease)
         return worker
 
     def heartbeat(self, worker_id: str, msg: messages.Heartbeat) -> None:
@@ -116,6 +127,11 @@ class Registry:
         return [w for w in self.workers.values() if now - w.last_heartbeat > max_silence_s]
 
     def acquire(self, kind: str, exclude: tuple[str, ...], holder: str) -> tuple[Lease, Worker]:
+        held = self._by_holder.setdefault(holder, set())
+        if len(held) >= self.max_leases_per_holder:
+            # A client keeps a handful of leases; one asking for more than this is not
+            # spreading load, it is hoarding workers (or leaking leases).
+            raise CallerError(f"this client already holds {len(held)} leases")
         candidates = [
             w
             for w in self.workers.values()
@@ -134,6 +150,7 @@ class Registry:
         )
         self.leases[lease.lease_id] = lease
         worker.leases.add(lease.lease_id)
+        held.add(lease.lease_id)
         return lease, worker
 
     def renew(self, lease_id: str, holder: str) -> None:
@@ -148,14 +165,26 @@ class Registry:
         if lease is None or (holder is not None and lease.holder != holder):
             return
         del self.leases[lease_id]
+        self._forget(lease)
         if lease.worker_id in self.workers:
             self.workers[lease.worker_id].leases.discard(lease_id)
 
+    def _forget(self, lease: Lease) -> None:
+        held = self._by_holder.get(lease.holder)
+        if held is not None:
+            held.discard(lease.lease_id)
+            if not held:
+                del self._by_holder[lease.holder]
+
     def release_holder(self, holder: str) -> int:
-        mine = [lease_id for lease_id, lease in self.leases.items() if lease.holder == holder]
+        mine = list(self._by_holder.get(holder, ()))
         for lease_id in mine:
             self.release(lease_id)
+        self._by_holder.pop(holder, None)
         return len(mine)
+
+    def leases_of(self, holder: str) -> int:
+        return len(self._by_holder.get(holder, ()))
 
     def expire_leases(self) -> int:
         now = time.monotonic()

@@ -396,3 +396,28 @@ def test_listing_filters_by_kind() -> None:
     (c,) = reg.listing("cache_worker").workers
     assert c.leases == 1
     assert (every.mysql_budget, every.mysql_granted, every.leases) == (50, 20, 1)
+
+
+def test_one_client_may_hold_only_so_many_leases() -> None:
+    reg = Registry(mysql_budget=100, lease_ttl_s=30, max_leases_per_holder=3)
+    reg.register(reg_msg(), "w:1")
+    leases = [reg.acquire("cache_worker", (), "greedy")[0] for _ in range(3)]
+    with pytest.raises(CallerError, match="already holds 3 leases"):
+        reg.acquire("cache_worker", (), "greedy")
+    reg.acquire("cache_worker", (), "modest")  # others are not affected
+    reg.release(leases[0].lease_id, "greedy")
+    reg.acquire("cache_worker", (), "greedy")  # a slot came back
+    assert reg.leases_of("greedy") == 3
+    assert reg.release_holder("greedy") == 3
+    assert reg.leases_of("greedy") == 0 and len(reg.leases) == 1
+
+
+def test_leases_of_a_dead_worker_free_their_holders_slots() -> None:
+    reg = Registry(mysql_budget=100, lease_ttl_s=30, max_leases_per_holder=2)
+    worker = reg.register(reg_msg(), "w:1")
+    reg.acquire("cache_worker", (), "client")
+    reg.acquire("cache_worker", (), "client")
+    reg.drop_worker(worker.worker_id)
+    assert reg.leases_of("client") == 0
+    reg.register(reg_msg(port=9001), "w:2")
+    reg.acquire("cache_worker", (), "client")
