@@ -17,13 +17,13 @@ from typing import assert_never
 
 import structlog
 
-from actors.manager.registry import WORKER_KINDS, Registry
+from actors.manager.registry import Registry
 from actors.runtime import credentials, lifecycle, metrics
 from actors.runtime.config import ManagerConfig
 from actors.wire import messages
 from actors.wire.errors import CallerError, Forbidden
 from actors.wire.messages import ManagerRequest, Message, members
-from actors.wire.roles import POOL_MANAGER
+from actors.wire.roles import POOL_MANAGER, WORKER_KINDS
 from actors.wire.server import Envelope, Limits, Server
 
 log = structlog.get_logger("pool_manager")
