@@ -91,6 +91,13 @@ def redis_url(environ: Mapping[str, str] | None = None) -> str:
     return _env("USERHUB_REDIS_URL", f"redis://127.0.0.1:{port}/0", environ)
 
 
+def worker_port(environ: Mapping[str, str] | None = None) -> int:
+    """Where a worker listens: 0, an ephemeral port, unless USERHUB_WORKER_PORT fixes it
+    (supervisord starts N workers of a kind with no port bookkeeping; each tells the
+    pool manager the port it got)."""
+    return _env_int("USERHUB_WORKER_PORT", 0, environ)
+
+
 def parse_addr(addr: str) -> tuple[str, int]:
     """Split "host:port" (IPv6 as "[::1]:port")."""
     host, sep, port = addr.rpartition(":")

@@ -14,7 +14,6 @@ elsewhere, lets in-flight work finish, and only then closes its registration.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
@@ -22,7 +21,7 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from actors.runtime import metrics
-from actors.runtime.config import CommonConfig, WorkerLimits
+from actors.runtime.config import CommonConfig, WorkerLimits, worker_port
 from actors.runtime.lifecycle import Lifecycle
 from actors.runtime.registration import Registration
 from actors.wire.errors import UserhubError
@@ -113,8 +112,7 @@ class WorkerServer(Generic[M]):
 
     async def start(self) -> Registration:
         """Listen, then register with the pool manager (and keep registering)."""
-        port = int(os.environ.get("USERHUB_WORKER_PORT", "0") or 0)
-        host, port = await self.server.start(self.common.bind_host, port)
+        host, port = await self.server.start(self.common.bind_host, worker_port())
         registration = Registration(
             self.common,
             self.identity,
