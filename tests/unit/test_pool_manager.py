@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from actors.pool_manager import PoolManager
-from actors.runtime.config import CommonConfig, ManagerConfig
+from actors.runtime.config import ManagerConfig
 from actors.wire import errors, messages
 from actors.wire.client import Connection
 from actors.wire.messages import R, Request
 from actors.wire.roles import ADMIN, CACHE_WORKER, DB_WORKER, GATEWAY, POOL_MANAGER
-from tests.identities import identity, pki_dir
+from tests.loopback import common_config, identity
 from tests.unit.manager.test_registry import HOST, reg_msg
 
 # -- PoolManager over loopback sockets -------------------------------------------------------
@@ -34,16 +34,7 @@ async def until(pred: Callable[[], bool], timeout: float = 1.0) -> None:
 def manager_config(
     tmp_path: Path, *, heartbeat_s: float = 1.0, ttl_s: float = 30.0
 ) -> ManagerConfig:
-    common = CommonConfig(
-        manager_addr=(HOST, 0),
-        bind_host=HOST,
-        advertise_host=HOST,
-        request_timeout_s=1.0,
-        max_frame=1 << 20,
-        var_dir=tmp_path,
-        log_level="warning",
-        pki_dir=pki_dir(),
-    )
+    common = common_config(0, tmp_path)
     return ManagerConfig(
         common=common, mysql_budget=100, heartbeat_interval_s=heartbeat_s, lease_ttl_s=ttl_s
     )

@@ -25,7 +25,7 @@ from actors.wire import errors, messages
 from actors.wire.messages import Message, R, Request
 from actors.wire.roles import GATEWAY
 from actors.wire.server import Envelope, Server
-from tests.identities import identity, pki_dir
+from tests.loopback import common_config, identity
 
 HOST = "127.0.0.1"
 KIND = "cache_worker"
@@ -39,19 +39,6 @@ async def until(pred: Callable[[], bool], timeout: float = 1.5) -> None:
     async with asyncio.timeout(timeout):
         while not pred():  # noqa: ASYNC110  (pool and registry state have no event)
             await asyncio.sleep(0.005)
-
-
-def common_config(manager_port: int, tmp_path: Path) -> CommonConfig:
-    return CommonConfig(
-        manager_addr=(HOST, manager_port),
-        bind_host=HOST,
-        advertise_host=HOST,
-        request_timeout_s=1.0,
-        max_frame=1 << 20,
-        var_dir=tmp_path,
-        log_level="warning",
-        pki_dir=pki_dir(),
-    )
 
 
 class Manager:

@@ -16,13 +16,13 @@ import pytest
 
 from actors.pool_manager import PoolManager
 from actors.runtime import registration
-from actors.runtime.config import CommonConfig, ManagerConfig
+from actors.runtime.config import ManagerConfig
 from actors.runtime.registration import Registration
 from actors.wire import messages
 from actors.wire.messages import ManagerRequest, Message, members
 from actors.wire.roles import POOL_MANAGER
 from actors.wire.server import Envelope, Server
-from tests.identities import identity, pki_dir
+from tests.loopback import common_config, identity
 
 HOST = "127.0.0.1"
 
@@ -31,19 +31,6 @@ async def until(pred: Callable[[], bool], timeout: float = 1.5) -> None:
     async with asyncio.timeout(timeout):
         while not pred():  # noqa: ASYNC110  (registration state has no event to wait on)
             await asyncio.sleep(0.005)
-
-
-def common_config(port: int, tmp_path: Path, advertise: str = HOST) -> CommonConfig:
-    return CommonConfig(
-        manager_addr=(HOST, port),
-        bind_host=HOST,
-        advertise_host=advertise,
-        request_timeout_s=1.0,
-        max_frame=1 << 20,
-        var_dir=tmp_path,
-        log_level="warning",
-        pki_dir=pki_dir(),
-    )
 
 
 class ScriptedManager:

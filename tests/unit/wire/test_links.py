@@ -20,7 +20,7 @@ from actors.wire.identity import Identity
 from actors.wire.messages import Message
 from actors.wire.roles import ADMIN, CACHE_WORKER, DB_WORKER, GATEWAY, POOL_MANAGER
 from actors.wire.server import Envelope, Limits, Server
-from tests.identities import identity
+from tests.loopback import identity
 from tools import pki
 
 HOST = "127.0.0.1"

@@ -38,7 +38,7 @@ from actors.wire.client import Connection
 from actors.wire.messages import Message
 from actors.wire.roles import DB_WORKER, GATEWAY
 from actors.wire.server import Envelope, Limits, Server
-from tests.identities import identity
+from tests.loopback import identity
 
 HOST = "127.0.0.1"
 T = TypeVar("T")

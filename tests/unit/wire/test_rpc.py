@@ -20,7 +20,7 @@ from actors.wire.client import Connection
 from actors.wire.messages import Message
 from actors.wire.roles import DB_WORKER, GATEWAY
 from actors.wire.server import Envelope, ErrorHook, Limits, Server
-from tests.identities import identity
+from tests.loopback import identity
 
 HOST = "127.0.0.1"
 TRACE = "0f" * 16
