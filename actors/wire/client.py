@@ -169,7 +169,8 @@ class Connection(asyncio.Protocol):
         request names.
         """
         expected = messages.reply_type(message)
-        if not self.is_open:
+        writer = self._writer
+        if writer is None or not self.is_open:
             raise ConnectionLost(f"{self.peer}: {self.close_reason or 'not connected'}")
         remaining = deadline - time.time()
         if remaining <= 0:
@@ -185,8 +186,7 @@ class Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Message] = loop.create_future()
         self._pending[call_id] = fut
-        assert self._writer is not None
-        self._writer.write(frame)
+        writer.write(frame)
         self.last_active = time.monotonic()
         # A timer on the future itself: a fraction of asyncio.timeout()'s cost, and
         # this runs for every call a gateway or cache worker makes.
