@@ -5,7 +5,11 @@ cache. Writes (nickname, picture, log out) go to a db_worker first; only after M
 has committed is the cache refreshed (set-if-newer) or the session revoked, and only
 then does the caller get its answer, so the next read from any gateway sees it.
 
-When Redis is down the worker still answers from MySQL, slower but correct.
+When Redis is down the worker still answers reads and changes from MySQL, slower
+but correct. A log out is the exception: it is acknowledged only once the session's
+tombstone is in Redis (actors.cache.profile_cache says why that makes it final), so
+while Redis cannot take it the log out answers ``cache_unavailable`` (retriable)
+after the MySQL row is already gone, and the client's retry completes it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import assert_never
 
 import structlog
 
-from actors.cache.profile_cache import REVOKED, CachedSession, ProfileCache
+from actors.cache.profile_cache import REVOKED, CachedSession, Found, Miss, ProfileCache
 from actors.cache.redis_link import RedisLink
 from actors.cache.throttle_store import ThrottleStore
 from actors.runtime import credentials, lifecycle, metrics
@@ -125,7 +129,9 @@ class CacheWorker:
             return messages.Profile(user=info.user)
         self._misses.inc()
         info = await self._resolve(token_hash, envelope)
-        await self._fill(token_hash, info)
+        # Only a miss carries what a session fill needs (to be refused after a log
+        # out); a live session whose profile was missing gets the profile alone.
+        await self._fill(token_hash, info, found if isinstance(found, Miss) else None)
         self._miss.observe(time.perf_counter() - started)
         return messages.Profile(user=info.user)
 
@@ -136,10 +142,10 @@ class CacheWorker:
             trace_id=envelope.trace_id,
         )
 
-    async def _fill(self, token_hash: str, info: messages.SessionInfo) -> None:
+    async def _fill(self, token_hash: str, info: messages.SessionInfo, miss: Miss | None) -> None:
         started = time.perf_counter()
         try:
-            await self.cache.fill(token_hash, info)
+            await self.cache.fill(token_hash, info, miss)
         except CacheUnavailable as exc:
             log.warning("cache_fill_failed", error=str(exc))
         self._write.observe(time.perf_counter() - started)
@@ -147,7 +153,10 @@ class CacheWorker:
     def _touch_later(
         self, token_hash: str, session: CachedSession, envelope: Envelope[Message]
     ) -> None:
-        """Slide the session's idle expiry in MySQL too, without delaying the answer."""
+        """Slide the session's idle expiry in MySQL too, without delaying the answer.
+
+        The note in Redis is a compare-and-set: a log out that lands between the read
+        and this write keeps its tombstone (ProfileCache.note_touch)."""
 
         async def touch() -> None:
             try:
@@ -165,7 +174,7 @@ class CacheWorker:
         task.add_done_callback(self._background.discard)
 
     @staticmethod
-    def _live(session: CachedSession | bytes | None) -> CachedSession | None:
+    def _live(session: Found) -> CachedSession | None:
         """A live cached session, None on a miss; a revoked or expired one is refused."""
         if session == REVOKED:
             raise Unauthenticated("not logged in or the session has ended")
@@ -213,13 +222,24 @@ class CacheWorker:
         return messages.Profile(user=user)
 
     async def _logout(self, token_hash: str, envelope: Envelope[Message]) -> messages.Ack:
+        """Delete the row, then tombstone the cached copy; acknowledge only both.
+
+        A tombstone that Redis did not take (breaker open, a cut, ``READONLY`` after
+        a failover, out of memory) fails the log out with ``cache_unavailable``:
+        a Redis this worker cannot reach may still hold a live copy that other
+        workers serve. The row is already gone and EndSession is idempotent, so
+        the client's retry only has the tombstone left to write."""
         await self.db.call(
             messages.EndSession(token_hash), deadline=envelope.deadline, trace_id=envelope.trace_id
         )
         try:
             await self.cache.revoke_session(token_hash, self._idle_s)
         except CacheUnavailable as exc:
-            log.warning("cache_revoke_failed", error=str(exc))
+            log.warning("logout_not_final", error=str(exc))
+            raise CacheUnavailable(
+                "the session is ended in the database but the cache did not take its"
+                " revocation; retry the log out"
+            ) from None
         return messages.Ack()
 
 

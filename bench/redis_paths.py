@@ -6,6 +6,10 @@ Why actors/cache/redis_fast.py exists: the same GET, against the same Redis
 (USERHUB_REDIS_URL), one at a time and 64 at once, through redis-py (the baseline)
 and through FastRedis (hiredis on an asyncio Protocol, pipelined). It prints the
 wall and CPU time per command and the ratio of the two paths' CPU.
+
+It then times what a cached profile read costs the cache worker in Redis calls: the
+whole of ProfileCache.get_session_and_user on a hit (the read script, one round
+trip, and parsing what it answers), this process's CPU per read.
 """
 
 from __future__ import annotations
@@ -19,10 +23,15 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 import uvloop
 
+from actors.cache.profile_cache import CachedSession, ProfileCache
 from actors.cache.redis_fast import FastRedis
+from actors.cache.redis_link import RedisLink
 from actors.runtime.config import redis_url
+from actors.wire import messages
 
 _KEY = "uh:bench:redis_paths"
+_TOKEN_HASH = "be" * 32  # the bench's session: uh:s:bebe...
+_USER_ID = 999_999_999  # far from any real user id
 
 
 async def _time(
@@ -68,6 +77,36 @@ async def compare(url: str, ops: int) -> list[dict[str, object]]:
     return rows
 
 
+async def cached_read(url: str, ops: int) -> list[dict[str, object]]:
+    """CPU and wall time per cached profile read (a hit), 1 and 64 at once."""
+    link = RedisLink(url, 8)
+    cache = ProfileCache(link, 3600)
+    user = messages.User(
+        user_id=_USER_ID, username="bench", nickname="bench", avatar_key=None,
+        created_at=0.0, version=1,
+    )  # fmt: skip
+    skey = f"uh:s:{_TOKEN_HASH}"
+    now = time.time()
+    rows: list[dict[str, object]] = []
+    try:
+        await cache.put_user(user)
+        await link.redis.set(skey, f"{_USER_ID}|{now + 3600!r}|{now!r}", ex=600)
+
+        async def read() -> None:
+            session, found = await cache.get_session_and_user(_TOKEN_HASH, 600)
+            if not isinstance(session, CachedSession) or found is None:
+                raise RuntimeError("the bench's session is not cached")
+
+        for at_once in (1, 64):
+            await _time(read, ops // 10, at_once)  # warm up
+            wall, cpu = await _time(read, ops, at_once)
+            rows.append({"in_flight": at_once, "wall_us": round(wall, 1), "cpu_us": round(cpu, 1)})
+    finally:
+        await link.redis.delete(skey, f"uh:u:{_USER_ID}")
+        await link.close()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.redis_paths", description=__doc__.split("\n")[0]
@@ -80,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['in_flight']:>3} in flight: redis-py {row['redis_py_cpu_us']} us CPU "
             f"({row['redis_py_wall_us']} us wall), lean {row['lean_cpu_us']} us CPU "
             f"({row['lean_wall_us']} us wall): {row['cpu_ratio_lean_vs_redis_py']} x the CPU"
+        )
+    for row in uvloop.run(cached_read(url, max(640, args.ops))):
+        print(
+            f"{row['in_flight']:>3} in flight: cached profile read (hit) {row['cpu_us']} us CPU"
+            f" ({row['wall_us']} us wall)"
         )
     return 0
 

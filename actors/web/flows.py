@@ -102,4 +102,11 @@ async def store_avatar(request: web.Request, data: bytes) -> str:
 
 
 async def log_out(request: web.Request, token_hash: str) -> None:
+    """End the session for good; return only once no actor can serve it again.
+
+    A retriable DependencyError (``cache_unavailable`` when Redis did not take the
+    revocation) means the log out is not final yet, though its MySQL row may be gone
+    already: the caller must say so, keep whatever it needs to try again (the
+    cookie) and never answer as if it had worked. Logging out again is safe.
+    """
     await request.app[SERVICES].call_cache(request, messages.Logout(token_hash))

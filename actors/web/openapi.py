@@ -178,6 +178,9 @@ def document() -> dict[str, Any]:
                 "post": {
                     "operationId": "logOut",
                     "summary": "End the session (everywhere) and clear the cookie.",
+                    "description": "204 only once no worker can serve the token again. A 503"
+                    " (`cache_unavailable`) means the log out is not final yet: send it"
+                    " again after Retry-After.",
                     "security": _SECURED,
                     "responses": {
                         "204": {"description": "Logged out."},

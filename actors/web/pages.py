@@ -13,7 +13,9 @@ The rules each handler follows:
 * a success answers 303 to a GET page (post/redirect/get), so a reload never
   re-sends a form;
 * a missing, ended or expired session sends the browser to the log-in page, with a
-  notice that says why, and clears the dead cookie.
+  notice that says why, and clears the dead cookie;
+* a log out that is not final yet (the service could not complete it) is an error
+  page with Retry-After and a button to try again; the cookie stays until it is.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Final
 
+import structlog
 from aiohttp import BodyPartReader, web
 
 from actors.rules import validation
@@ -36,11 +39,12 @@ from actors.web.cookies import (
 )
 from actors.web.render import Renderer, redirect
 from actors.web.services import SERVICES
-from actors.web.views import avatar_url
+from actors.web.views import avatar_url, retry_after
 from actors.wire import messages
 from actors.wire.errors import (
     CallerError,
     CsrfFailed,
+    DependencyError,
     InvalidCredentials,
     InvalidInput,
     PayloadTooLarge,
@@ -49,6 +53,8 @@ from actors.wire.errors import (
     UnsupportedMediaType,
     UserhubError,
 )
+
+log = structlog.get_logger("pages")
 
 RENDERER = web.AppKey("page_renderer", Renderer)
 MAX_FORM_BYTES: Final = 16 * 1024
@@ -187,8 +193,12 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
             if old is not None:  # the browser's previous session ends here
                 try:
                     await flows.log_out(request, old)
-                except UserhubError:
-                    pass  # it may have expired already; the new session stands either way
+                except UserhubError as exc:
+                    # The new session stands: the user asked to log in, not out, and
+                    # was told nothing about the old one. Its row is gone already
+                    # unless MySQL failed too; a cached copy lives until its idle
+                    # timeout, with only this browser (which drops it now) holding it.
+                    log.warning("previous_session_not_ended", error=exc.code)
             response = redirect("/profile")
             set_session_cookie(response, result, _secure(request))
             set_signed_in_hint(request, response, on=True)
@@ -350,6 +360,17 @@ async def logout_submit(request: web.Request) -> web.StreamResponse:
             await flows.log_out(request, token_hash)
         except Unauthenticated:
             pass  # already over; the cookie goes all the same
+        except DependencyError as exc:
+            # Not final yet (flows.log_out): say so, keep the cookie, offer the retry.
+            return request.app[RENDERER].render(
+                request,
+                "error.html",
+                status=exc.http_status,
+                headers=retry_after(exc),
+                code=exc.code,
+                message="the service could not finish logging you out. Try again in a moment",
+                retry_logout=True,
+            )
     response = redirect("/login?m=logged_out")
     clear_session_cookie(response, _secure(request))
     set_signed_in_hint(request, response, on=False)
