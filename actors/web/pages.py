@@ -36,7 +36,7 @@ from actors.web.cookies import (
 )
 from actors.web.render import Renderer, redirect
 from actors.web.services import SERVICES
-from actors.web.views import avatar_url
+from actors.web.views import avatar_url, retry_after
 from actors.wire import messages
 from actors.wire.errors import (
     CallerError,
@@ -191,6 +191,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
                     pass  # it may have expired already; the new session stands either way
             response = redirect("/profile")
             set_session_cookie(response, result, _secure(request))
+            flows.remember_device(request, response, result)
             set_signed_in_hint(request, response, on=True)
             rotate_browser_id(request, response)
             return response
@@ -223,6 +224,7 @@ async def signup_submit(request: web.Request) -> web.StreamResponse:
             "signup.html",
             status=exc.http_status,
             errors=field_errors(exc),
+            headers=retry_after(exc),
             values=values,
         )
     return redirect(f"/login?m=signed_up&username={user.username}")
