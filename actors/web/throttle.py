@@ -3,7 +3,8 @@
 Every throttled attempt is counted *before* the expensive part (the argon2 hash,
 the image work), in one step that also decides whether it may go ahead: N
 attempts sent at once, to any number of gateways, can never get more than a
-limit's worth through. The counters live in Redis behind a cache_worker
+limit's worth through (and so no more than a limit's worth of one key's attempts
+are ever being judged at once, right or wrong). The counters live in Redis behind a cache_worker
 (actors/cache/throttle_store.py, which explains how a key counts, blocks and
 backs off), so K gateways behind one port give an attacker the limits once.
 While no cache_worker answers within ``timeout_s``, each gateway's own table
