@@ -36,9 +36,6 @@ from actors.wire.server import Envelope
 
 log = structlog.get_logger("cache_worker")
 
-#: Most keys one throttle check or update may name.
-MAX_THROTTLE_KEYS = 8
-
 
 class CacheWorker:
     def __init__(self, config: CacheWorkerConfig, life: Lifecycle) -> None:
@@ -93,15 +90,11 @@ class CacheWorker:
                 return await self._update_profile(msg, envelope)
             case messages.Logout(token_hash=token_hash):
                 return await self._logout(token_hash, envelope)
-            case messages.ThrottleCheck(keys=keys, limits=limits):
-                if len(keys) != len(limits) or len(keys) > MAX_THROTTLE_KEYS:
-                    raise InvalidInput("a throttle check needs one limit per key, at most 8 keys")
-                wait_ms, counted = await self.throttle.check(keys, limits)
-                return messages.ThrottleVerdict(retry_after_s=-(-wait_ms // 1000), counted=counted)
-            case messages.ThrottleUpdate(failed=failed, cleared=cleared, window_s=window_s):
-                if len(failed) + len(cleared) > MAX_THROTTLE_KEYS:
-                    raise InvalidInput("a throttle update takes at most 8 keys")
-                await self.throttle.update(failed, cleared, window_s)
+            case messages.ThrottleAttempt(rules=rules):
+                wait_ms = await self.throttle.attempt(rules)
+                return messages.ThrottleAnswer(retry_after_ms=wait_ms)
+            case messages.ThrottleSettle(forget=forget, refund=refund):
+                await self.throttle.settle(forget, refund)
                 return messages.Ack()
             case messages.Ping():
                 return messages.Pong(kind="cache_worker")

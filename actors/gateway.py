@@ -13,12 +13,11 @@ from aiohttp import web
 from actors.runtime import credentials, lifecycle
 from actors.runtime.config import GatewayConfig
 from actors.runtime.leasing import ManagerLink, WorkerPool
-from actors.web import api, health, images, openapi, pages
+from actors.web import api, health, images, openapi, pages, throttle
 from actors.web.bodies import HTTP_IDLE_TIMEOUT_S
 from actors.web.image_store import LocalImageStore
 from actors.web.middleware import observe
 from actors.web.services import SERVICES, Services
-from actors.web.throttle import Limits, LoginThrottle, SharedLoginThrottle
 from actors.wire.roles import GATEWAY
 
 log = structlog.get_logger("gateway")
@@ -44,19 +43,14 @@ class Gateway:
         )
         db = WorkerPool(self.link, "db_worker", caller="gateway", want=config.db_leases)
         cache = WorkerPool(self.link, "cache_worker", caller="gateway", want=config.cache_leases)
-        limits = Limits(
-            per_pair=config.login_failures_per_pair,
-            per_address=config.login_failures_per_address,
-            per_account=config.login_failures_per_account,
-            window_s=config.login_window_s,
-        )
         self.services = Services(
             config=config,
             db=db,
             cache=cache,
             images=LocalImageStore(config.image_dir),
-            throttle=SharedLoginThrottle(LoginThrottle(limits), cache),
+            throttle=throttle.Throttles.from_config(config, cache),
         )
+        throttle.install(self.services.throttle)
         # keepalive_timeout also bounds how long a new connection may take to send its
         # first request head (aiohttp starts the timer when the connection opens):
         # slowloris defence.

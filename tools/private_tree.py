@@ -68,9 +68,10 @@ _TEST_SIZES = {
     "USERHUB_INNODB_BUFFER_POOL": "128M",
     "USERHUB_REDIS_MAXMEMORY": "256mb",
     "USERHUB_DB_POOL_SIZE": "8",
-    # Every test client is 127.0.0.1 and the failed-login counts are shared by the
-    # gateways: the per-address limit would otherwise couple unrelated tests.
+    # Every test client is 127.0.0.1 and the throttle counts are shared by the
+    # gateways: the per-address limits would otherwise couple unrelated tests.
     "USERHUB_LOGIN_MAX_FAILURES_ADDRESS": "10000",
+    "USERHUB_SIGNUP_MAX_PER_ADDRESS": "10000",
 }
 
 
@@ -184,10 +185,13 @@ class PrivateTree(Supervisorctl):
             return False
         return all(self.ready() for _ in range(3 * self.config.gateways))
 
-    def start_gateway(self) -> str:
-        """One more gateway process on a port of its own (outside supervisord)."""
+    def start_gateway(self, settings: Mapping[str, str] | None = None) -> str:
+        """One more gateway process on a port of its own (outside supervisord).
+
+        ``settings`` (USERHUB_* names) are this gateway's own, on top of the tree's.
+        """
         addr = f"127.0.0.1:{free_port()}"
-        env = dict(self.env, USERHUB_HTTP_ADDR=addr)
+        env = {**self.env, **(settings or {}), "USERHUB_HTTP_ADDR": addr}
         with open(self.var / "log" / f"extra_gateway_{len(self.extra)}.log", "ab") as log:
             proc = subprocess.Popen(
                 [PYTHON, "-m", "actors.gateway"], cwd=ROOT, env=env, stdout=log, stderr=log

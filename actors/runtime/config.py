@@ -12,6 +12,7 @@ supervisord.conf and the scripts read, and scripts/env.sh exports what
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import pwd
 import shlex
@@ -63,6 +64,45 @@ def _env_bool(name: str, default: bool, environ: Mapping[str, str] | None = None
     if value not in _TRUE + _FALSE:
         raise ValueError(f"{name} must be true or false, got {value!r}")
     return value in _TRUE
+
+
+def _env_limit(name: str, default: int) -> int:
+    """A count a throttle allows: at least 1, or the setting is a mistake."""
+    value = _env_int(name, default)
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def _env_seconds(name: str, default: float) -> float:
+    """A throttle's window or cap: positive, at most a week (what a cache_worker accepts)."""
+    value = _env_float(name, default)
+    if not 0.001 <= value <= 7 * 24 * 3600:
+        raise ValueError(f"{name} must be between 0.001 and 604800 seconds, got {value}")
+    return value
+
+
+def _env_positive(name: str, default: float) -> float:
+    value = _env_float(name, default)
+    if not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value}")
+    return value
+
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def trusted_proxies(raw: str) -> tuple[IpNetwork, ...]:
+    """USERHUB_TRUSTED_PROXIES: addresses or CIDRs, separated by commas or spaces."""
+    networks = []
+    for item in raw.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"USERHUB_TRUSTED_PROXIES: {item!r} is not an IP address or CIDR"
+            ) from None
+    return tuple(networks)
 
 
 def repo_root(environ: Mapping[str, str] | None = None) -> Path:
@@ -281,6 +321,16 @@ class GatewayConfig:
     login_failures_per_address: int
     login_failures_per_account: int
     login_window_s: float
+    # Past a login limit each admitted attempt doubles the wait, up to this.
+    login_backoff_cap_s: float
+    signups_per_address: int
+    signup_window_s: float
+    uploads_per_user: int
+    upload_window_s: float
+    # Peers whose X-Forwarded-For names the client (actors/web/client_address.py).
+    trusted_proxies: tuple[IpNetwork, ...]
+    # How long a browser that logged in stays a "known device" (actors/web/device_cookie.py).
+    device_cookie_max_age_s: float
     csrf_secret: str = ""  # empty: the shared key file <USERHUB_VAR>/csrf.key (actors/web/csrf.py)
 
     @classmethod
@@ -294,10 +344,17 @@ class GatewayConfig:
             cache_leases=_env_int("USERHUB_CACHE_LEASES", 4),
             secure_cookies=_env("USERHUB_TLS", "0").lower() in ("1", "true", "yes", "on"),
             sessions=SessionPolicy.from_env(),
-            login_failures_per_pair=_env_int("USERHUB_LOGIN_MAX_FAILURES_PAIR", 5),
-            login_failures_per_address=_env_int("USERHUB_LOGIN_MAX_FAILURES_ADDRESS", 100),
-            login_failures_per_account=_env_int("USERHUB_LOGIN_MAX_FAILURES_ACCOUNT", 50),
-            login_window_s=_env_float("USERHUB_LOGIN_WINDOW_S", 60.0),
+            login_failures_per_pair=_env_limit("USERHUB_LOGIN_MAX_FAILURES_PAIR", 5),
+            login_failures_per_address=_env_limit("USERHUB_LOGIN_MAX_FAILURES_ADDRESS", 100),
+            login_failures_per_account=_env_limit("USERHUB_LOGIN_MAX_FAILURES_ACCOUNT", 50),
+            login_window_s=_env_seconds("USERHUB_LOGIN_WINDOW_S", 60.0),
+            login_backoff_cap_s=_env_seconds("USERHUB_LOGIN_BACKOFF_CAP_S", 15 * 60.0),
+            signups_per_address=_env_limit("USERHUB_SIGNUP_MAX_PER_ADDRESS", 10),
+            signup_window_s=_env_seconds("USERHUB_SIGNUP_WINDOW_S", 10 * 60.0),
+            uploads_per_user=_env_limit("USERHUB_UPLOAD_MAX_PER_USER", 20),
+            upload_window_s=_env_seconds("USERHUB_UPLOAD_WINDOW_S", 3600.0),
+            trusted_proxies=trusted_proxies(_env("USERHUB_TRUSTED_PROXIES", "")),
+            device_cookie_max_age_s=_env_positive("USERHUB_DEVICE_COOKIE_MAX_AGE_S", 30 * 86400.0),
             csrf_secret=_env("USERHUB_CSRF_SECRET", ""),
         )
 

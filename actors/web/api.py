@@ -41,6 +41,7 @@ async def log_in(request: web.Request) -> web.Response:
         }
     )
     set_session_cookie(response, result, _secure(request))
+    flows.remember_device(request, response, result)
     return response
 
 

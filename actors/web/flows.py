@@ -20,7 +20,12 @@ from actors.web import images
 from actors.web.middleware import REQUEST_ID
 from actors.web.services import SERVICES
 from actors.wire import messages
-from actors.wire.errors import InvalidCredentials, InvalidInput
+from actors.wire.errors import (
+    DependencyError,
+    InternalError,
+    InvalidCredentials,
+    InvalidInput,
+)
 
 
 def idempotency_key(request: web.Request) -> str:
@@ -47,7 +52,15 @@ async def sign_up(
         nickname=validation.normalize_nickname(nickname),
         idempotency_key=idempotency_key(request),
     )
-    return await request.app[SERVICES].call_db(request, create)
+    services = request.app[SERVICES]
+    trace_id = request[REQUEST_ID]
+    # Counted before the hash; only valid requests cost one, so only they count.
+    counted = await services.throttle.sign_up_attempt(request, trace_id)
+    try:
+        return await services.call_db(request, create)
+    except (DependencyError, InternalError):
+        await services.throttle.not_judged(counted, trace_id)
+        raise
 
 
 async def log_in(request: web.Request, username: object, password: object) -> messages.LoginResult:
@@ -56,20 +69,26 @@ async def log_in(request: web.Request, username: object, password: object) -> me
     if len(username) > 256 or len(password) > 1024:
         raise InvalidCredentials("wrong username or password")
     services = request.app[SERVICES]
-    throttle = services.throttle
-    address = request.remote or "?"
-    account = username.strip().lower()
     trace_id = request[REQUEST_ID]
-    counted = await throttle.check(account, address, trace_id)
+    # Counted before the password is verified: parallel guesses cannot overrun a limit.
+    counted = await services.throttle.login_attempt(request, username, trace_id)
     try:
         result = await services.call_db(
             request, messages.Login(username=username, password=password)
         )
-    except InvalidCredentials:
-        await throttle.failed(account, address, trace_id)
+    except (DependencyError, InternalError):
+        # No answer about the password reached the client: the attempt is taken back.
+        await services.throttle.not_judged(counted, trace_id)
         raise
-    await throttle.succeeded(account, address, trace_id, counted)
+    await services.throttle.succeeded(counted, trace_id)
     return result
+
+
+def remember_device(
+    request: web.Request, response: web.StreamResponse, result: messages.LoginResult
+) -> None:
+    """Mark the client that just logged in as a known device of the account."""
+    request.app[SERVICES].throttle.remember_device(response, result.user.username)
 
 
 async def profile(request: web.Request, token_hash: str) -> messages.User:

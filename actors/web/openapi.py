@@ -91,6 +91,9 @@ def document() -> dict[str, Any]:
                     "responses": {
                         "201": profile,
                         "409": _error("The username is taken (compared after normalising)."),
+                        "429": _retry_error(
+                            "Too many sign-ups from this address; retry after Retry-After."
+                        ),
                         **_BODY_ERRORS,
                         **_COMMON,
                     },
@@ -106,14 +109,19 @@ def document() -> dict[str, Any]:
                             "description": "Logged in.",
                             "headers": {
                                 "Set-Cookie": {
-                                    "description": "The session cookie (HttpOnly, SameSite=Lax).",
+                                    "description": "The session cookie (HttpOnly, SameSite=Lax) "
+                                    "and the known-device cookie, which exempts this client from "
+                                    "the account-wide login throttle.",
                                     "schema": {"type": "string"},
                                 }
                             },
                             "content": _json("LoginResult"),
                         },
                         "401": _error("Wrong username or password (the same answer for both)."),
-                        "429": _retry_error("Too many failed logins; retry after Retry-After."),
+                        "429": _retry_error(
+                            "Too many login attempts; retry after Retry-After (it doubles while "
+                            "failures go on)."
+                        ),
                         **_BODY_ERRORS,
                         **_COMMON,
                     },

@@ -201,6 +201,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
                     log.warning("previous_session_not_ended", error=exc.code)
             response = redirect("/profile")
             set_session_cookie(response, result, _secure(request))
+            flows.remember_device(request, response, result)
             set_signed_in_hint(request, response, on=True)
             rotate_browser_id(request, response)
             return response
@@ -233,6 +234,7 @@ async def signup_submit(request: web.Request) -> web.StreamResponse:
             "signup.html",
             status=exc.http_status,
             errors=field_errors(exc),
+            headers=retry_after(exc),
             values=values,
         )
     return redirect(f"/login?m=signed_up&username={user.username}")

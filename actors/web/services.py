@@ -17,7 +17,7 @@ from actors.runtime.config import GatewayConfig
 from actors.runtime.leasing import WorkerPool
 from actors.web.image_store import ImageStore
 from actors.web.middleware import REQUEST_ID
-from actors.web.throttle import SharedLoginThrottle
+from actors.web.throttle import Throttles
 from actors.wire.messages import R, Request
 
 
@@ -27,7 +27,7 @@ class Services:
     db: WorkerPool
     cache: WorkerPool
     images: ImageStore
-    throttle: SharedLoginThrottle
+    throttle: Throttles
 
     def deadline(self) -> float:
         return time.time() + self.config.common.request_timeout_s

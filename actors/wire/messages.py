@@ -241,27 +241,40 @@ class Logout(Request[Ack], frozen=True):
     token_hash: TokenHash
 
 
-# -- login throttling, shared by every gateway (counted in Redis by a cache_worker) ----
+# -- throttles, shared by every gateway (counted in Redis by a cache_worker) -----------
 
 
-class ThrottleVerdict(Message, frozen=True):
-    retry_after_s: int  # 0: go ahead
-    counted: bool = False  # some key has failures on record (a success should clear)
+class ThrottleRule(Message, frozen=True):
+    """One counter an attempt is counted under, and the policy it is judged by.
+
+    Below ``limit`` attempts the window is fixed: it starts with the first attempt
+    and the count vanishes with it. With ``backoff_cap_ms`` 0 the limit-th attempt
+    blocks the key until the window ends; otherwise it blocks it for one window,
+    and each further admitted attempt doubles the block, up to the cap; the key is
+    forgotten one window after its block ends.
+    """
+
+    key: str
+    limit: int
+    window_ms: int
+    backoff_cap_ms: int = 0
 
 
-class ThrottleCheck(Request[ThrottleVerdict], frozen=True):
-    """cache_worker: is any of these failure counters at its limit?"""
-
-    keys: tuple[str, ...]
-    limits: tuple[int, ...]
+class ThrottleAnswer(Message, frozen=True):
+    retry_after_ms: int = 0  # 0: the attempt is counted under every key, go ahead
 
 
-class ThrottleUpdate(Request[Ack], frozen=True):
-    """cache_worker: count a failure under ``failed`` keys, forget ``cleared`` ones."""
+class ThrottleAttempt(Request[ThrottleAnswer], frozen=True):
+    """cache_worker: if no key is blocked, count one attempt under every key (atomically)."""
 
-    failed: tuple[str, ...] = ()
-    cleared: tuple[str, ...] = ()
-    window_s: int = 60
+    rules: tuple[ThrottleRule, ...]
+
+
+class ThrottleSettle(Request[Ack], frozen=True):
+    """cache_worker: after an attempt's outcome, ``forget`` keys and ``refund`` one attempt."""
+
+    forget: tuple[str, ...] = ()
+    refund: tuple[ThrottleRule, ...] = ()
 
 
 # -- what each actor accepts -----------------------------------------------------------
@@ -272,7 +285,7 @@ ManagerRequest = (
 DbWorkerRequest = (
     CreateUser | Login | ResolveSession | TouchSession | UpdateUser | EndSession | Ping
 )
-CacheWorkerRequest = GetProfile | UpdateProfile | Logout | ThrottleCheck | ThrottleUpdate | Ping
+CacheWorkerRequest = GetProfile | UpdateProfile | Logout | ThrottleAttempt | ThrottleSettle | Ping
 
 
 def members(union: object) -> tuple[type[Message], ...]:
@@ -312,9 +325,11 @@ TYPE_CODES: dict[type[Message], int] = {
     Profile: 61,
     UpdateProfile: 62,
     Logout: 63,
-    ThrottleCheck: 64,
-    ThrottleVerdict: 65,
-    ThrottleUpdate: 66,
+    # 64-66: retired (the check-then-count throttle); never reuse them.
+    ThrottleAttempt: 67,
+    ThrottleAnswer: 68,
+    ThrottleSettle: 69,
+    ThrottleRule: 70,
 }
 
 TYPES_BY_CODE: dict[int, type[Message]] = {code: cls for cls, code in TYPE_CODES.items()}

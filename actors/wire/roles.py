@@ -46,7 +46,7 @@ ALLOWED: Final[dict[str, dict[str, frozenset[type[m.Message]]]]] = {
     },
     CACHE_WORKER: {
         GATEWAY: frozenset(
-            {m.GetProfile, m.UpdateProfile, m.Logout, m.ThrottleCheck, m.ThrottleUpdate, m.Ping}
+            {m.GetProfile, m.UpdateProfile, m.Logout, m.ThrottleAttempt, m.ThrottleSettle, m.Ping}
         ),
         ADMIN: frozenset({m.Ping}),
     },

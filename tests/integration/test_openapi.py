@@ -38,7 +38,7 @@ from actors.runtime.leasing import WorkerPool
 from actors.web import openapi
 from actors.web.image_store import LocalImageStore
 from actors.web.services import Services
-from actors.web.throttle import Limits, LoginThrottle, SharedLoginThrottle
+from actors.web.throttle import Throttles
 from tests.integration.conftest import API_ANSWERS, sign_up_and_log_in, unique_name
 from tests.integration.tree import Tree
 
@@ -67,7 +67,7 @@ def test_every_api_route_is_documented_and_nothing_else(
         db=cast(WorkerPool, None),
         cache=cast(WorkerPool, None),
         images=LocalImageStore(config.image_dir),
-        throttle=SharedLoginThrottle(LoginThrottle(Limits(1, 1, 1, 1.0)), cast(WorkerPool, None)),
+        throttle=Throttles.from_config(config, cast(WorkerPool, None)),
     )
     app = gateway.build_app(services)
     routes = {

@@ -190,6 +190,41 @@ def test_gateway_defaults(clean_env: pytest.MonkeyPatch) -> None:
         gw.login_failures_per_account,
         gw.login_window_s,
     ) == (5, 100, 50, 60.0)
+    assert gw.login_backoff_cap_s == 900
+    assert (gw.signups_per_address, gw.signup_window_s) == (10, 600)
+    assert (gw.uploads_per_user, gw.upload_window_s) == (20, 3600)
+    assert gw.trusted_proxies == ()
+    assert gw.device_cookie_max_age_s == 30 * 86400
+
+
+def test_trusted_proxies_from_env(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("USERHUB_TRUSTED_PROXIES", "10.0.0.1, 10.1.0.0/16 fd00::/8")
+    assert [str(n) for n in GatewayConfig.from_env().trusted_proxies] == [
+        "10.0.0.1/32",
+        "10.1.0.0/16",
+        "fd00::/8",
+    ]
+    clean_env.setenv("USERHUB_TRUSTED_PROXIES", "10.0.0.1,lb.internal")
+    with pytest.raises(ValueError, match=r"lb\.internal"):
+        GatewayConfig.from_env()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("USERHUB_LOGIN_MAX_FAILURES_PAIR", "0"),
+        ("USERHUB_SIGNUP_MAX_PER_ADDRESS", "-1"),
+        ("USERHUB_UPLOAD_WINDOW_S", "0"),
+        ("USERHUB_LOGIN_BACKOFF_CAP_S", "1e9"),
+        ("USERHUB_DEVICE_COOKIE_MAX_AGE_S", "-5"),
+    ],
+)
+def test_throttle_settings_out_of_range_fail_loudly(
+    clean_env: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    clean_env.setenv(name, value)
+    with pytest.raises(ValueError, match=name):
+        GatewayConfig.from_env()
 
 
 @pytest.mark.parametrize(

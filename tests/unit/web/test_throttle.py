@@ -1,249 +1,287 @@
-"""actors.web.throttle: limits per pair, address and account, windows, Retry-After, bounds."""
+"""actors.web.throttle: keys in the accounts' normal form, counting before judging,
+the device-cookie exemption, settling, sign-ups, uploads and the local fallback.
+
+The cache_worker is stood in for by :class:`FakeCache`, which keeps its counters in
+a LocalCounters of its own (the same rules as the Redis script) and yields to the
+event loop before answering, so concurrent attempts really interleave.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from typing import cast
+from unittest import mock
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from actors.runtime.leasing import WorkerPool
 from actors.web import throttle
-from actors.web.throttle import Limits, LoginThrottle, SharedLoginThrottle
+from actors.web.device_cookie import DeviceCookies
+from actors.web.throttle import Counters, Policy, Throttles, account_key
+from actors.web.throttle_local import LocalCounters
 from actors.wire import messages
 from actors.wire.errors import NoWorker, Throttled
 
+POLICY = Policy(
+    login_per_pair=5,
+    login_per_address=100,
+    login_per_account=50,
+    login_window_s=60,
+    login_backoff_cap_s=900,
+    signups_per_address=3,
+    signup_window_s=600,
+    uploads_per_user=4,
+    upload_window_s=3600,
+    trusted_proxies=(),
+)
 
-class Clock:
-    """Stands in for the time module inside actors.web.throttle."""
+
+class FakeCache:
+    """Answers throttle requests as a cache_worker would, or fails like a missing one."""
 
     def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time(self) -> float:  # deadlines of the shared throttle's calls
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(throttle, "time", fake)
-    return fake
-
-
-LIMITS = Limits(per_pair=3, per_address=10, per_account=6, window_s=60.0)
-
-
-def fail(t: LoginThrottle, user: str, addr: str, times: int) -> None:
-    for _ in range(times):
-        t.failed(user, addr)
-
-
-def is_throttled(t: LoginThrottle, user: str, addr: str) -> bool:
-    try:
-        t.check(user, addr)
-    except Throttled:
-        return True
-    return False
-
-
-def test_pair_limit(clock: Clock) -> None:
-    t = LoginThrottle(LIMITS)
-    fail(t, "alice", "10.0.0.1", 2)
-    t.check("alice", "10.0.0.1")  # below the limit
-    t.failed("alice", "10.0.0.1")
-    with pytest.raises(Throttled) as info:
-        t.check("alice", "10.0.0.1")
-    assert info.value.code == "throttled"
-    assert info.value.http_status == 429
-    # the same account from elsewhere, and another account from here, are not slowed yet
-    t.check("alice", "10.0.0.2")
-    t.check("bob", "10.0.0.1")
-
-
-def test_address_limit_spans_accounts(clock: Clock) -> None:
-    t = LoginThrottle(LIMITS)
-    for i in range(10):
-        t.failed(f"user{i}", "10.0.0.9")
-    assert is_throttled(t, "someone-new", "10.0.0.9")
-    assert not is_throttled(t, "someone-new", "10.0.0.10")
-
-
-def test_account_limit_spans_addresses_without_locking_out_for_long(clock: Clock) -> None:
-    t = LoginThrottle(LIMITS)
-    for i in range(6):  # spraying one account from many addresses
-        t.failed("alice", f"10.1.0.{i}")
-    assert is_throttled(t, "alice", "192.168.1.1")  # even from a fresh address
-    assert not is_throttled(t, "bob", "192.168.1.1")
-    clock.now += LIMITS.window_s  # one window later the real user gets in again
-    t.check("alice", "192.168.1.1")
-
-
-def test_window_expiry_resets_counts(clock: Clock) -> None:
-    t = LoginThrottle(LIMITS)
-    fail(t, "alice", "a", 3)
-    assert is_throttled(t, "alice", "a")
-    clock.now += LIMITS.window_s - 0.01
-    assert is_throttled(t, "alice", "a")
-    clock.now += 0.01
-    t.check("alice", "a")
-    # a failure after the window starts a new window at 1, not at 4
-    t.failed("alice", "a")
-    fail(t, "alice", "a", 1)
-    t.check("alice", "a")
-    t.failed("alice", "a")
-    assert is_throttled(t, "alice", "a")
-
-
-def test_windows_are_fixed_from_the_first_failure(clock: Clock) -> None:
-    t = LoginThrottle(LIMITS)
-    t.failed("alice", "a")
-    clock.now += 50
-    fail(t, "alice", "a", 2)  # later failures do not move the window
-    assert is_throttled(t, "alice", "a")
-    clock.now += 10
-    t.check("alice", "a")
-
-
-@pytest.mark.parametrize(
-    ("elapsed", "retry_after"),
-    [(0.0, 60), (0.5, 60), (1.0, 59), (30.2, 30), (58.9, 2), (59.5, 1), (59.99, 1)],
-)
-def test_retry_after_is_the_rest_of_the_window_rounded_up(
-    clock: Clock, elapsed: float, retry_after: int
-) -> None:
-    t = LoginThrottle(LIMITS)
-    fail(t, "alice", "a", 3)
-    clock.now += elapsed
-    with pytest.raises(Throttled) as info:
-        t.check("alice", "a")
-    assert info.value.retry_after_s == retry_after
-    assert info.value.retry_after_s >= 1
-
-
-def test_retry_after_follows_the_key_that_is_over(clock: Clock) -> None:
-    limits = Limits(per_pair=100, per_address=100, per_account=2, window_s=10.0)
-    t = LoginThrottle(limits)
-    t.failed("alice", "a")
-    clock.now += 4
-    t.failed("alice", "b")
-    with pytest.raises(Throttled) as info:
-        t.check("alice", "c")
-    assert info.value.retry_after_s == 6
-
-
-def test_success_clears_the_pair_only(clock: Clock) -> None:
-    t = LoginThrottle(LIMITS)
-    fail(t, "alice", "a", 3)
-    assert is_throttled(t, "alice", "a")
-    t.succeeded("alice", "a")
-    t.check("alice", "a")
-    fail(t, "alice", "a", 2)
-    t.check("alice", "a")  # the pair counts from zero again
-    # the account and address keys still remember: 5 failures on alice so far
-    t.failed("alice", "b")
-    assert is_throttled(t, "alice", "c")
-
-
-def test_success_does_not_clear_the_address_limit(clock: Clock) -> None:
-    t = LoginThrottle(LIMITS)
-    for i in range(10):
-        t.failed(f"user{i}", "x")
-    t.succeeded("user0", "x")
-    assert is_throttled(t, "user0", "x")
-
-
-def test_success_without_failures_is_harmless(clock: Clock) -> None:
-    t = LoginThrottle(LIMITS)
-    t.succeeded("nobody", "nowhere")
-    t.check("nobody", "nowhere")
-
-
-def test_table_is_bounded_and_forgets_the_oldest(clock: Clock) -> None:
-    t = LoginThrottle(LIMITS, max_keys=9)  # three keys per failure
-    fail(t, "old", "1.1.1.1", 3)
-    assert is_throttled(t, "old", "1.1.1.1")
-    for i in range(3):
-        t.failed(f"new{i}", f"2.2.2.{i}")
-        assert len(t._counts) <= 9
-    # the oldest keys went first; the newest are still counted
-    assert not is_throttled(t, "old", "1.1.1.1")
-    fail(t, "new2", "2.2.2.2", 2)
-    assert is_throttled(t, "new2", "2.2.2.2")
-
-
-def test_table_stays_bounded_under_a_flood(clock: Clock) -> None:
-    t = LoginThrottle(LIMITS, max_keys=100)
-    for i in range(5000):
-        t.failed(f"user{i}", f"10.{i // 256 % 256}.{i % 256}.1")
-    assert len(t._counts) <= 100
-
-
-def test_usernames_and_addresses_do_not_collide_across_keys(clock: Clock) -> None:
-    limits = Limits(per_pair=1, per_address=100, per_account=100, window_s=60.0)
-    t = LoginThrottle(limits)
-    t.failed("a", "b:c")
-    t.check("a:b", "c")
-    t.check("ab", "c")
-
-
-# -- the shared throttle, over a stand-in for the cache_worker pool ----------------------
-
-
-class FakePool:
-    """Answers like a cache_worker would, or fails like an unreachable one."""
-
-    def __init__(self, verdict: messages.ThrottleVerdict | None = None) -> None:
-        self.verdict = verdict
+        self.store = LocalCounters()
+        self.down = False
         self.sent: list[messages.Message] = []
 
     async def call(
-        self, message: messages.Message, *, deadline: float, trace_id: str
+        self, message: messages.Message, *, deadline: float, trace_id: str, retry: bool = True
     ) -> messages.Message:
+        assert not retry, "a count or a refund is never sent twice"
         self.sent.append(message)
-        if self.verdict is None:
+        await asyncio.sleep(0)
+        if self.down:
             raise NoWorker("no cache_worker answered")
-        if isinstance(message, messages.ThrottleCheck):
-            return self.verdict
-        return messages.Ack()
+        match message:
+            case messages.ThrottleAttempt(rules=rules):
+                wait_s = self.store.attempt(rules)
+                return messages.ThrottleAnswer(retry_after_ms=round(wait_s * 1000))
+            case messages.ThrottleSettle(forget=forget, refund=refund):
+                self.store.settle(forget, refund)
+                return messages.Ack()
+        raise AssertionError(f"unexpected {message!r}")
 
 
-def shared(pool: FakePool) -> SharedLoginThrottle:
-    # The throttle only ever calls its pool; the stand-in has that one method.
-    return SharedLoginThrottle(LoginThrottle(LIMITS), cast(WorkerPool, pool))
+DEVICES = DeviceCookies(b"d" * 32, secure=False, max_age_s=86400)
 
 
-async def test_the_shared_verdict_decides_while_the_cache_answers() -> None:
-    pool = FakePool(messages.ThrottleVerdict(retry_after_s=42, counted=True))
+def throttles(cache: FakeCache, policy: Policy = POLICY) -> Throttles:
+    return Throttles(policy, Counters(cast(WorkerPool, cache), LocalCounters()), DEVICES)
+
+
+def request(address: str = "198.51.100.1", device: str | None = None) -> web.Request:
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (
+        (address, 40000) if name == "peername" else default
+    )
+    headers = {"Cookie": f"userhub_device={device}"} if device else {}
+    return make_mocked_request("POST", "/api/v1/login", headers=headers, transport=transport)
+
+
+async def log_in_fails(t: Throttles, name: str, address: str = "198.51.100.1") -> bool:
+    """One wrong password: True if it was let through to be judged, False if throttled."""
+    try:
+        await t.login_attempt(request(address), name, "t")
+    except Throttled:
+        return False
+    return True
+
+
+# -- keys: the normal form accounts use -----------------------------------------------------
+
+
+@pytest.mark.parametrize("spelling", ["alice", "ALICE", " Alice ", "ａｌｉｃｅ", "ＡLiｃe"])
+def test_every_spelling_of_a_name_is_one_key(spelling: str) -> None:
+    assert account_key(spelling) == "alice"
+
+
+def test_names_that_are_not_valid_get_keys_too() -> None:
+    keys = {account_key(raw) for raw in ("a", "A", "ａ", " a ")}
+    assert len(keys) == 1, "folded like valid names"
+    (key,) = keys
+    assert key.startswith("~") and len(key) == 33, "hashed: bounded, no separators"
+    assert account_key("b") != key
+    assert account_key("x" * 1000).startswith("~")
+    assert account_key("\ud800bad").startswith("~"), "a lone surrogate is no error"
+    assert account_key("") != account_key(" "[:0] + "~")
+
+
+async def test_full_width_and_mixed_spellings_share_the_ascii_count() -> None:
+    t = throttles(FakeCache())
+    assert [await log_in_fails(t, "alice") for _ in range(5)] == [True] * 5
+    for spelling in ("ａｌｉｃｅ", "ALICE", "ａLiCe"):
+        assert not await log_in_fails(t, spelling), spelling
+
+
+# -- counting before judging ----------------------------------------------------------------
+
+
+async def test_parallel_attempts_get_exactly_the_limit_through() -> None:
+    cache = FakeCache()
+    t = throttles(cache)
+    results = await asyncio.gather(*(log_in_fails(t, "bob") for _ in range(20)))
+    assert results.count(True) == 5 and results.count(False) == 15
+
+
+async def test_without_a_cache_worker_each_gateway_stays_bounded() -> None:
+    cache = FakeCache()
+    cache.down = True
+    gateways = [throttles(cache), throttles(cache)]
+    results = await asyncio.gather(*(log_in_fails(gateways[i % 2], "bob") for i in range(40)))
+    assert results.count(True) == 10, "the limit once per gateway, never more"
+
+
+async def test_throttled_answers_say_how_long_and_the_wait_doubles() -> None:
+    cache = FakeCache()
+    t = throttles(cache)
+    for _ in range(5):
+        await t.login_attempt(request(), "carol", "t")
     with pytest.raises(Throttled) as caught:
-        await shared(pool).check("ada", "10.0.0.1", "t")
-    assert caught.value.retry_after_s == 42
-    check = pool.sent[0]
-    assert isinstance(check, messages.ThrottleCheck)
-    assert check.limits == (3, 10, 6) and len(check.keys) == 3
+        await t.login_attempt(request(), "carol", "t")
+    assert caught.value.retry_after_s == 60 and caught.value.http_status == 429
+    # One window later the attacker gets one more guess, then waits twice as long.
+    for c in cache.store._counters.values():
+        c.blocked_until = 0
+    await t.login_attempt(request(), "carol", "t")
+    with pytest.raises(Throttled) as caught:
+        await t.login_attempt(request(), "carol", "t")
+    assert caught.value.retry_after_s == 120
 
 
-async def test_failures_are_recorded_in_both_places_and_a_success_clears_only_if_counted() -> None:
-    pool = FakePool(messages.ThrottleVerdict(retry_after_s=0, counted=False))
-    t = shared(pool)
-    assert await t.check("ada", "10.0.0.1", "t") is False
-    await t.failed("ada", "10.0.0.1", "t")
-    update = pool.sent[-1]
-    assert isinstance(update, messages.ThrottleUpdate)
-    assert len(update.failed) == 3 and update.cleared == () and update.window_s == 60
-    await t.succeeded("ada", "10.0.0.1", "t", counted=False)
-    assert pool.sent[-1] is update, "nothing on record: no clearing round trip"
-    await t.succeeded("ada", "10.0.0.1", "t", counted=True)
-    clear = pool.sent[-1]
-    assert isinstance(clear, messages.ThrottleUpdate) and clear.cleared == (update.failed[0],)
+async def test_the_address_key_spans_accounts() -> None:
+    t = throttles(FakeCache(), dataclasses.replace(POLICY, login_per_address=3))
+    spray = [await log_in_fails(t, f"user{i}", "203.0.113.9") for i in range(4)]
+    assert spray == [True, True, True, False]
+    assert await log_in_fails(t, "user9", "203.0.113.10")
 
 
-async def test_without_a_cache_worker_the_local_table_decides(clock: Clock) -> None:
-    t = shared(FakePool(verdict=None))
+# -- settling --------------------------------------------------------------------------------
+
+
+async def test_a_success_clears_the_pair_and_gives_back_its_address_and_account_attempt() -> None:
+    cache = FakeCache()
+    t = throttles(cache)
+    for _ in range(4):
+        await t.login_attempt(request(), "dave", "t")
+    ok = await t.login_attempt(request(), "dave", "t")  # the fifth: the owner, right password
+    await t.succeeded(ok, "t")
+    keys = {rule.key for rule in ok.rules}
+    assert "p:dave@198.51.100.1" in keys and "a:dave" in keys and "i:198.51.100.1" in keys
+    assert "p:dave@198.51.100.1" not in cache.store._counters
+    assert cache.store._counters["a:dave"].count == 4
+    assert cache.store._counters["i:198.51.100.1"].count == 4
+    assert [await log_in_fails(t, "dave") for _ in range(6)] == [True] * 5 + [False]
+
+
+async def test_an_attempt_the_service_could_not_judge_is_taken_back() -> None:
+    cache = FakeCache()
+    t = throttles(cache)
+    for _ in range(5):
+        counted = await t.login_attempt(request(), "erin", "t")
+        await t.not_judged(counted, "t")
+    assert len(cache.store) == 0 and len(t.counters.local) == 0
+    assert await log_in_fails(t, "erin")
+
+
+async def test_settling_without_a_cache_worker_is_no_error() -> None:
+    cache = FakeCache()
+    t = throttles(cache)
+    counted = await t.login_attempt(request(), "fay", "t")
+    cache.down = True
+    await t.succeeded(counted, "t")
+    assert "p:fay@198.51.100.1" not in t.counters.local._counters
+
+
+async def test_attempts_admitted_by_the_cache_are_remembered_locally() -> None:
+    cache = FakeCache()
+    t = throttles(cache)
+    for _ in range(5):
+        assert await log_in_fails(t, "gus")
+    cache.down = True  # Redis goes away mid-attack: no fresh limits for the attacker
+    assert not await log_in_fails(t, "gus")
+
+
+# -- the known-device cookie -----------------------------------------------------------------
+
+
+async def test_a_known_device_is_exempt_from_the_account_key_only() -> None:
+    cache = FakeCache()
+    t = throttles(cache)
+    for i in range(50):  # a spray from 50 addresses fills the account key
+        assert await log_in_fails(t, "hana", f"203.0.113.{i}")
+    assert not await log_in_fails(t, "hana", "192.0.2.200"), "a new client is locked out"
+    cookie = DEVICES.issue("hana")
+    owner = await t.login_attempt(request("192.0.2.1", cookie), "hana", "t")
+    assert "a:hana" not in {rule.key for rule in owner.rules}
+    await t.succeeded(owner, "t")
+    # A cookie for another account, or a forged one, is no exemption.
+    for bad in (DEVICES.issue("other"), cookie[:-2] + "xx"):
+        with pytest.raises(Throttled):
+            await t.login_attempt(request("192.0.2.1", bad), "hana", "t")
+
+
+async def test_a_stolen_device_cookie_gets_the_pair_limit_from_any_address() -> None:
+    t = throttles(FakeCache())
+    cookie = DEVICES.issue("ivan")
+    results = []
+    for i in range(7):
+        try:
+            await t.login_attempt(request(f"203.0.113.{i}", cookie), "ivan", "t")
+            results.append(True)
+        except Throttled:
+            results.append(False)
+    assert results == [True] * 5 + [False] * 2
+
+
+async def test_remember_device_sets_a_cookie_for_the_account() -> None:
+    t = throttles(FakeCache())
+    response = web.Response()
+    t.remember_device(response, "judy")
+    assert DEVICES.nonce_for(response.cookies["userhub_device"].value, "judy") is not None
+
+
+# -- sign-up and uploads ---------------------------------------------------------------------
+
+
+async def test_sign_ups_are_counted_per_client_address() -> None:
+    cache = FakeCache()
+    t = throttles(cache)
     for _ in range(3):
-        assert await t.check("ada", "10.0.0.1", "t") is True
-        await t.failed("ada", "10.0.0.1", "t")  # not recorded remotely: no error either
+        await t.sign_up_attempt(request("203.0.113.50"), "t")
+    with pytest.raises(Throttled) as caught:
+        await t.sign_up_attempt(request("203.0.113.50"), "t")
+    assert caught.value.retry_after_s == 600
+    assert "try again in 600 seconds" in caught.value.message
+    await t.sign_up_attempt(request("203.0.113.51"), "t")
+    # IPv6 neighbours in one /64 are one client.
+    for i in range(3):
+        await t.sign_up_attempt(request(f"2001:db8:0:1::{i + 1}"), "t")
     with pytest.raises(Throttled):
-        await t.check("ada", "10.0.0.1", "t")
+        await t.sign_up_attempt(request("2001:db8:0:1::ffff"), "t")
+
+
+async def test_uploads_are_counted_per_user() -> None:
+    t = throttles(FakeCache())
+    for _ in range(4):
+        await t.upload_allowed(7, "t")
+    with pytest.raises(Throttled) as caught:
+        await t.upload_allowed(7, "t")
+    assert caught.value.retry_after_s == 3600
+    await t.upload_allowed(8, "t")
+
+
+async def test_the_process_wide_upload_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(throttle, "_process", None)
+    with pytest.raises(RuntimeError):
+        await throttle.upload_allowed(1, "t")
+    cache = FakeCache()
+    throttle.install(throttles(cache))
+    await throttle.upload_allowed(1, "t")
+    (sent,) = cache.sent
+    assert isinstance(sent, messages.ThrottleAttempt)
+    assert sent.rules == (
+        messages.ThrottleRule(key="u:1", limit=4, window_ms=3_600_000, backoff_cap_ms=0),
+    )
