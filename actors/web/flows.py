@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from aiohttp import web
 
 from actors.rules import validation
+from actors.runtime import metrics
 from actors.web import images
 from actors.web.middleware import REQUEST_ID
 from actors.web.services import SERVICES
 from actors.wire import messages
-from actors.wire.errors import InvalidCredentials, InvalidInput
+from actors.wire.errors import InvalidCredentials, InvalidInput, Throttled
 
 
 def idempotency_key(request: web.Request) -> str:
@@ -92,6 +95,33 @@ async def change(
     )
     changed = await request.app[SERVICES].call_cache(request, update)
     return changed.user
+
+
+async def upload_allowed(request: web.Request, user: messages.User) -> None:
+    """Count one picture upload against ``user``'s limit; Throttled (429) past it.
+
+    The one place an upload is counted. It uses this gateway's own table
+    (actors.web.upload_guard.UploadRate); the count every gateway shares plugs in
+    here as ``await services.throttle.upload_allowed(user.user_id, request[REQUEST_ID])``.
+    """
+    retry_after_s = request.app[SERVICES].uploads.rate.count(user.user_id)
+    if retry_after_s:
+        metrics.UPLOADS_REFUSED.labels("rate").inc()
+        raise Throttled("too many picture uploads, try again later", retry_after_s=retry_after_s)
+
+
+@asynccontextmanager
+async def upload_slot(request: web.Request, token_hash: str) -> AsyncIterator[messages.User]:
+    """Everything an upload needs before its first byte is read, held for the block.
+
+    The session is resolved (Unauthenticated for a dead one), the upload counted
+    (upload_allowed) and one of the gateway's upload slots taken (Busy when none is
+    free), in that order; the block reads, checks and stores the picture.
+    """
+    user = await profile(request, token_hash)
+    await upload_allowed(request, user)
+    with request.app[SERVICES].uploads.slots.take():
+        yield user
 
 
 async def store_avatar(request: web.Request, data: bytes) -> str:
