@@ -133,8 +133,8 @@ async def run_load(
     await asyncio.gather(*(loop() for _ in range(concurrency)))
 
 
-async def cache_hits(client: aiohttp.ClientSession) -> float:
-    async with client.get("/metrics") as r:
+async def cache_hits(client: aiohttp.ClientSession, metrics_url: str) -> float:
+    async with client.get(metrics_url) as r:
         text = await r.text()
     found = re.search(r'^userhub_cache_lookups_total\{result="hit"\} (\S+)$', text, re.M)
     return float(found.group(1)) if found else 0.0
@@ -190,7 +190,7 @@ async def test_redis_stopped_under_load_reads_and_writes_still_succeed(
     assert load.failed() == [], summary(load.failed())
     assert max(a.seconds for a in during) < FAST_S, summary(during)
     # Once Redis is back the cache serves again: hits grow and reads see the last write.
-    before = await cache_hits(client)
+    before = await cache_hits(client, proxied.tree.metrics_url)
     for user in users:
         async with client.put(
             "/api/v1/profile/nickname", json={"nickname": "after"}, headers=user.auth
@@ -199,7 +199,7 @@ async def test_redis_stopped_under_load_reads_and_writes_still_succeed(
         for _ in range(3):
             async with client.get("/api/v1/profile", headers=user.auth) as r:
                 assert (await r.json())["nickname"] == "after"
-    assert await cache_hits(client) > before
+    assert await cache_hits(client, proxied.tree.metrics_url) > before
 
 
 async def test_redis_black_hole_reads_still_served_and_nothing_stale_after(
@@ -238,11 +238,11 @@ async def test_redis_black_hole_reads_still_served_and_nothing_stale_after(
     assert max(a.seconds for a in during) < FAST_S, summary(during)
     assert sorted(a.seconds for a in during)[len(during) // 2] < 0.2, summary(during)
     # After the cut heals the old copy is never served, and the cache serves again.
-    before = await cache_hits(client)
+    before = await cache_hits(client, proxied.tree.metrics_url)
     for _ in range(10):
         async with client.get("/api/v1/profile", headers=users[0].auth) as r:
             assert (await r.json())["nickname"] == "changed"
-    assert await cache_hits(client) > before
+    assert await cache_hits(client, proxied.tree.metrics_url) > before
 
 
 # -- MariaDB ------------------------------------------------------------------------------
