@@ -12,9 +12,10 @@ scripts/env.sh, but in a temporary USERHUB_VAR and on free ports, so the tree
   except those that size or place a tree (_TREE_KEYS).
 
 Either way the tree has its own PROMETHEUS_MULTIPROC_DIR and admin listener port
-(its /metrics, at ``metrics_url``, shows only its own processes). Leaving ``private_tree()`` shuts it down through its own socket
-with bounded waits, then SIGKILLs any process still carrying its USERHUB_VAR, and
-removes the directory: nothing is left running. Its logs are kept first when the
+(its /metrics, at ``metrics_url``, shows only its own processes). Leaving
+``private_tree()`` shuts it down through its own socket with bounded waits, then
+SIGKILLs any process still carrying its USERHUB_VAR, and removes the directory:
+nothing is left running. Its logs are kept first when the
 variable named by ``keep_logs_in`` names a directory.
 """
 

@@ -100,8 +100,8 @@ AVATAR_SWEEP = Counter(
 )
 UPLOADS_REFUSED = Counter(
     "userhub_uploads_refused_total",
-    "Picture uploads refused before a byte was read, by reason (rate, busy).",
-    ["reason"],
+    "Picture uploads refused before a byte was read, by code (throttled, busy).",
+    ["code"],
 )
 STARTS = Counter(
     "userhub_process_starts_total",

@@ -106,7 +106,7 @@ async def upload_allowed(request: web.Request, user: messages.User) -> None:
     """
     retry_after_s = request.app[SERVICES].uploads.rate.count(user.user_id)
     if retry_after_s:
-        metrics.UPLOADS_REFUSED.labels("rate").inc()
+        metrics.UPLOADS_REFUSED.labels(Throttled.code).inc()
         raise Throttled("too many picture uploads, try again later", retry_after_s=retry_after_s)
 
 

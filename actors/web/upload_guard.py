@@ -66,7 +66,7 @@ class UploadSlots:
     def take(self) -> Iterator[None]:
         """Hold one slot for the block; ``Busy`` (503) at once when none is free."""
         if self.in_use >= self.size:
-            metrics.UPLOADS_REFUSED.labels("busy").inc()
+            metrics.UPLOADS_REFUSED.labels(Busy.code).inc()
             raise Busy(f"more than {self.size} uploads at once in this gateway")
         self.in_use += 1
         try:
