@@ -347,7 +347,9 @@ async def test_an_outage_is_told_in_plain_words_and_logged_in_detail(
         "message": PUBLIC_MESSAGES["database_unavailable"],
     }
     assert page_status == 503 and page_retry == "1", page_body[:500]
-    assert PUBLIC_MESSAGES["database_unavailable"] in page_body
+    shown = PUBLIC_MESSAGES["database_unavailable"]
+    assert 'data-code="database_unavailable"' in page_body
+    assert shown[:1].upper() + shown[1:] in page_body  # the page starts it with a capital
     for text in (api_body, page_body):
         for word in ("MySQL", "mysql", "Redis", "Traceback", "cannot reach", "did not answer"):
             assert word not in text, (word, text[:500])
