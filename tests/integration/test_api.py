@@ -208,8 +208,17 @@ async def test_malformed_requests_get_clear_4xx(
     checks: list[tuple[str, str, Sent, int]] = [
         ("POST", "/api/v1/users", {"data": b"{not json", "headers": json_type}, 400),
         ("POST", "/api/v1/users", {"json": [1, 2]}, 422),
-        ("POST", "/api/v1/users", {"data": b"x" * 100_000}, 413),
-        ("POST", "/api/v1/users", {"data": b"\xff\xfe\xfd"}, 400),
+        ("POST", "/api/v1/users", {"data": b"x" * 100_000, "headers": json_type}, 413),
+        ("POST", "/api/v1/users", {"data": b"\xff\xfe\xfd", "headers": json_type}, 400),
+        # Only JSON is read as JSON: a form, plain text or no type at all is 415.
+        ("POST", "/api/v1/users", {"data": b'{"username": "a"}'}, 415),
+        ("POST", "/api/v1/login", {"data": b"{}", "headers": {"Content-Type": "text/plain"}}, 415),
+        (
+            "PUT",
+            "/api/v1/profile/nickname",
+            {"data": b"nickname=x", "headers": {**account.auth, "Content-Type": "text/plain"}},
+            415,
+        ),
         ("GET", "/api/v1/profile", {}, 401),
         ("GET", "/api/v1/profile", {"headers": {"Authorization": "Bearer nonsense"}}, 401),
         ("GET", "/api/v1/profile", {"headers": {"Authorization": "Basic Zm9vOmJhcg=="}}, 401),
