@@ -88,6 +88,8 @@ class DbWorker:
             case messages.EndSession(token_hash=token_hash):
                 await self._store().end_session(token_hash)
                 return messages.Ack()
+            case messages.AvatarsInUse(keys=keys):
+                return await self._avatars_in_use(keys)
             case messages.Ping():
                 return messages.Pong(kind="db_worker")
             case _ as unreachable:
@@ -115,6 +117,15 @@ class DbWorker:
         return await self._store().update_user(
             msg.user_id, msg.idempotency_key, nickname, msg.avatar_key
         )
+
+    async def _avatars_in_use(self, keys: tuple[str, ...]) -> messages.AvatarKeys:
+        """The keys of ``keys`` some account references; a malformed key is nobody's."""
+        if len(keys) > messages.MAX_AVATAR_KEYS:  # the decoder refuses these already
+            raise InvalidInput(f"at most {messages.MAX_AVATAR_KEYS} keys at a time")
+        wanted = sorted({key for key in keys if image_keys.is_key(key)})
+        if not wanted:
+            return messages.AvatarKeys(keys=())
+        return messages.AvatarKeys(keys=await self._store().avatars_in_use(wanted))
 
     async def _login(self, msg: messages.Login) -> messages.LoginResult:
         store = self._store()

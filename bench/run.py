@@ -60,7 +60,8 @@ class Bench:
         self.args = args
         self.tree = TreeConfig.from_env()
         self.host, self.port = self.tree.http_addr
-        self.metrics_url = f"http://{self.host}:{self.port}/metrics"
+        admin_host, admin_port = self.tree.admin_addr
+        self.metrics_url = f"http://{admin_host}:{admin_port}/metrics"
         self.redis = redis.Redis.from_url(self.tree.redis_url)
 
     def spec(self, scenario: str, port: int | None = None, **extra: object) -> dict[str, object]:

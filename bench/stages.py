@@ -1,9 +1,9 @@
 """Per-stage latency from two Prometheus scrapes: what happened between them.
 
-The gateway's /metrics sums every process on the host; the difference of two
-scrapes' histogram buckets is the distribution of one benchmark phase, and its
-quantiles are read by linear interpolation inside a bucket, as Prometheus'
-histogram_quantile does.
+The gateways' /metrics (on the admin listener, USERHUB_ADMIN_ADDR) sums every
+process on the host; the difference of two scrapes' histogram buckets is the
+distribution of one benchmark phase, and its quantiles are read by linear
+interpolation inside a bucket, as Prometheus' histogram_quantile does.
 """
 
 from __future__ import annotations

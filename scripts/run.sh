@@ -66,7 +66,7 @@ cat <<TXT
 
 userhub is up:     $base/
 JSON API:          $base/api/v1/...   (see README.md)
-metrics:           $base/metrics
+metrics:           http://$USERHUB_ADMIN_ADDR/metrics   (admin listener)
 demo account:      username demo, password demo-password-1
 processes:         .venv/bin/supervisorctl status
 logs:              var/log/

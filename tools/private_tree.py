@@ -11,10 +11,11 @@ scripts/env.sh, but in a temporary USERHUB_VAR and on free ports, so the tree
   the MariaDB and Redis of the caller's environment, whose settings it inherits
   except those that size or place a tree (_TREE_KEYS).
 
-Either way the tree has its own PROMETHEUS_MULTIPROC_DIR (its /metrics shows only
-its own processes). Leaving ``private_tree()`` shuts it down through its own socket
-with bounded waits, then SIGKILLs any process still carrying its USERHUB_VAR, and
-removes the directory: nothing is left running. Its logs are kept first when the
+Either way the tree has its own PROMETHEUS_MULTIPROC_DIR and admin listener port
+(its /metrics, at ``metrics_url``, shows only its own processes). Leaving
+``private_tree()`` shuts it down through its own socket with bounded waits, then
+SIGKILLs any process still carrying its USERHUB_VAR, and removes the directory:
+nothing is left running. Its logs are kept first when the
 variable named by ``keep_logs_in`` names a directory.
 """
 
@@ -51,6 +52,7 @@ _TREE_KEYS = frozenset(
         "USERHUB_VAR",
         "USERHUB_MANAGER_ADDR",
         "USERHUB_HTTP_ADDR",
+        "USERHUB_ADMIN_ADDR",
         "USERHUB_START_MYSQL",
         "USERHUB_START_REDIS",
         "USERHUB_GATEWAYS",
@@ -121,6 +123,8 @@ def tree_env(
         USERHUB_VAR=str(var),
         USERHUB_MANAGER_ADDR=f"127.0.0.1:{free_port()}",
         USERHUB_HTTP_ADDR=f"127.0.0.1:{free_port()}",
+        # Its own: gateways of two trees on one admin port would share it (SO_REUSEPORT).
+        USERHUB_ADMIN_ADDR=f"127.0.0.1:{free_port()}",
         PROMETHEUS_MULTIPROC_DIR=str(var / "metrics"),
     )
     env.update(settings or {})
@@ -134,6 +138,7 @@ class PrivateTree(Supervisorctl):
         super().__init__(var, env)
         self.config = TreeConfig.from_env(self.env)
         self.base_url = f"http://{self.env['USERHUB_HTTP_ADDR']}"
+        self.admin_url = f"http://{self.env['USERHUB_ADMIN_ADDR']}"
         self.manager_addr = self.config.manager_addr
         self.pki_dir = self.config.pki_dir
         self.stop_timeout = stop_timeout  # MariaDB may take its stopwaitsecs (60 s)
@@ -148,7 +153,8 @@ class PrivateTree(Supervisorctl):
 
     @property
     def metrics_url(self) -> str:
-        return f"{self.base_url}/metrics"
+        """The host's metrics: the gateways' admin listener, not the public port."""
+        return f"{self.admin_url}/metrics"
 
     # -- asking the tree ----------------------------------------------------------
 

@@ -196,6 +196,24 @@ class UserStore:
             raise Unauthenticated("the session's user no longer exists")
         return _user(row)
 
+    async def avatars_in_use(self, keys: Sequence[str]) -> tuple[str, ...]:
+        """Which of ``keys`` (at most messages.MAX_AVATAR_KEYS) some user references.
+
+        One query, answered from the index on ``users.avatar_key``: one index probe
+        per key, however many users there are.
+        """
+        if not keys:
+            return ()
+        placeholders = ", ".join(["%s"] * len(keys))
+        async with self._connection("avatars_in_use") as conn:
+            cur = await conn.cursor()
+            await cur.execute(
+                "SELECT DISTINCT avatar_key FROM users WHERE avatar_key IN (" + placeholders + ")",
+                tuple(keys),
+            )
+            rows = await cur.fetchall()
+        return tuple(sorted(str(row[0]) for row in rows))
+
     # -- sessions -----------------------------------------------------------------------
 
     async def create_session(self, token_hash: str, user_id: int, policy: SessionPolicy) -> float:

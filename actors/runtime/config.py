@@ -30,6 +30,9 @@ DEFAULT_MYSQL_PORT = 3307  # the private MariaDB, off the standard port
 DEFAULT_REDIS_PORT = 6380  # the private Redis, likewise
 DEFAULT_MANAGER_ADDR = "127.0.0.1:7400"
 DEFAULT_HTTP_ADDR = "127.0.0.1:8080"
+# The admin listener (/metrics): loopback, apart from the public port, so the host's
+# internals are for whoever runs it and Prometheus, not for every client of the API.
+DEFAULT_ADMIN_ADDR = "127.0.0.1:9180"
 
 
 def _env(name: str, default: str, environ: Mapping[str, str] | None = None) -> str:
@@ -136,6 +139,11 @@ def worker_port(environ: Mapping[str, str] | None = None) -> int:
     (supervisord starts N workers of a kind with no port bookkeeping; each tells the
     pool manager the port it got)."""
     return _env_int("USERHUB_WORKER_PORT", 0, environ)
+
+
+def admin_addr(environ: Mapping[str, str] | None = None) -> tuple[str, int]:
+    """Where a host's gateways serve /metrics (shared with SO_REUSEPORT, like the public port)."""
+    return parse_addr(_env("USERHUB_ADMIN_ADDR", DEFAULT_ADMIN_ADDR, environ))
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -309,6 +317,37 @@ class CacheWorkerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UploadPolicy:
+    """Bounds on picture uploads and on the pictures kept, per gateway process.
+
+    ``concurrent`` uploads at once per gateway, the next one is answered 503 at
+    once rather than queued; an upload must arrive whole within ``timeout_s``. (How
+    many uploads an account may make is a throttle: uploads_per_user.) A stored picture that
+    no account references is deleted ``orphan_grace_s`` after it was last stored,
+    by a sweep every ``sweep_every_s`` that examines at most ``sweep_examine``
+    pictures and deletes at most ``sweep_delete``.
+    """
+
+    concurrent: int
+    timeout_s: float
+    orphan_grace_s: float
+    sweep_every_s: float
+    sweep_examine: int
+    sweep_delete: int
+
+    @classmethod
+    def from_env(cls) -> UploadPolicy:
+        return cls(
+            concurrent=_env_int("USERHUB_UPLOADS_CONCURRENT", 8),
+            timeout_s=_env_float("USERHUB_UPLOAD_TIMEOUT_S", 60.0),
+            orphan_grace_s=_env_float("USERHUB_AVATAR_GRACE_S", 3600.0),
+            sweep_every_s=_env_float("USERHUB_AVATAR_SWEEP_S", 300.0),
+            sweep_examine=_env_int("USERHUB_AVATAR_SWEEP_EXAMINE", 1000),
+            sweep_delete=_env_int("USERHUB_AVATAR_SWEEP_DELETE", 200),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     common: CommonConfig
     http_addr: tuple[str, int]
@@ -331,6 +370,8 @@ class GatewayConfig:
     trusted_proxies: tuple[IpNetwork, ...]
     # How long a browser that logged in stays a "known device" (actors/web/device_cookie.py).
     device_cookie_max_age_s: float
+    uploads: UploadPolicy
+    admin_addr: tuple[str, int]  # /metrics, apart from the public http_addr
     csrf_secret: str = ""  # empty: the shared key file <USERHUB_VAR>/csrf.key (actors/web/csrf.py)
 
     @classmethod
@@ -355,6 +396,8 @@ class GatewayConfig:
             upload_window_s=_env_seconds("USERHUB_UPLOAD_WINDOW_S", 3600.0),
             trusted_proxies=trusted_proxies(_env("USERHUB_TRUSTED_PROXIES", "")),
             device_cookie_max_age_s=_env_positive("USERHUB_DEVICE_COOKIE_MAX_AGE_S", 30 * 86400.0),
+            uploads=UploadPolicy.from_env(),
+            admin_addr=admin_addr(),
             csrf_secret=_env("USERHUB_CSRF_SECRET", ""),
         )
 
@@ -394,6 +437,7 @@ class TreeConfig:
     innodb_buffer_pool: str  # passed as is to mariadbd (e.g. 4G)
     manager_addr: tuple[str, int]
     http_addr: tuple[str, int]
+    admin_addr: tuple[str, int]  # the gateways' /metrics: what Prometheus scrapes per host
     db_workers: int
     cache_workers: int
     gateways: int
@@ -423,6 +467,7 @@ class TreeConfig:
             innodb_buffer_pool=_env("USERHUB_INNODB_BUFFER_POOL", "4G", env),
             manager_addr=parse_addr(_env("USERHUB_MANAGER_ADDR", DEFAULT_MANAGER_ADDR, env)),
             http_addr=parse_addr(_env("USERHUB_HTTP_ADDR", DEFAULT_HTTP_ADDR, env)),
+            admin_addr=admin_addr(env),
             db_workers=_env_int("USERHUB_DB_WORKERS", 2, env),
             cache_workers=_env_int("USERHUB_CACHE_WORKERS", 2, env),
             gateways=_env_int("USERHUB_GATEWAYS", 2, env),
@@ -449,6 +494,7 @@ class TreeConfig:
             "USERHUB_INNODB_BUFFER_POOL": self.innodb_buffer_pool,
             "USERHUB_MANAGER_ADDR": format_addr(self.manager_addr),
             "USERHUB_HTTP_ADDR": format_addr(self.http_addr),
+            "USERHUB_ADMIN_ADDR": format_addr(self.admin_addr),
             "USERHUB_DB_WORKERS": str(self.db_workers),
             "USERHUB_CACHE_WORKERS": str(self.cache_workers),
             "USERHUB_GATEWAYS": str(self.gateways),

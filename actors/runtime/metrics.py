@@ -93,6 +93,16 @@ PASSWORD_HASH_SECONDS = Histogram(
 ERRORS = Counter(
     "userhub_errors_total", "Errors answered, by actor kind and stable code.", ["actor", "code"]
 )
+AVATAR_SWEEP = Counter(
+    "userhub_avatar_sweep_total",
+    "Stored pictures the orphan sweeper examined, found referenced, and deleted.",
+    ["result"],
+)
+UPLOADS_REFUSED = Counter(
+    "userhub_uploads_refused_total",
+    "Picture uploads refused before a byte was read, by code (throttled, busy).",
+    ["code"],
+)
 STARTS = Counter(
     "userhub_process_starts_total",
     "Actor process starts, by kind; every start after a kind's first is a restart.",

@@ -2,6 +2,14 @@
 
 The table of routes is the contract of README.md and of the OpenAPI document
 (actors.web.openapi, checked against these routes by the integration tests).
+
+Every write that a browser could be made to send by a page of another site is
+refused when the browser says it comes from one (403 ``csrf_failed``, the pages'
+Origin / Sec-Fetch-Site rule, actors.web.csrf.cross_site): sign up and log in
+(login CSRF), and every write authenticated by the session cookie. A request with
+an Authorization header is not checked: a page of another site cannot make a
+browser attach one without a CORS preflight, which this API never grants. JSON
+bodies must say they are JSON (415 otherwise, actors.web.bodies).
 """
 
 from __future__ import annotations
@@ -9,19 +17,26 @@ from __future__ import annotations
 from aiohttp import web
 
 from actors.rules import image_keys, validation
-from actors.web import flows
+from actors.web import csrf, flows
 from actors.web.bodies import read_avatar_field, read_json
 from actors.web.cookies import clear_session_cookie, set_session_cookie, token_hash_of
 from actors.web.services import SERVICES
 from actors.web.views import json_response, profile_json
-from actors.wire.errors import NotFound
+from actors.wire.errors import CsrfFailed, NotFound
 
 
 def _secure(request: web.Request) -> bool:
     return request.app[SERVICES].config.secure_cookies
 
 
+def refuse_cross_site(request: web.Request) -> None:
+    """403 for a write a page of another site made the browser send (see the docstring)."""
+    if "Authorization" not in request.headers and csrf.cross_site(request, null_origin=True):
+        raise CsrfFailed("requests from pages of other sites are refused")
+
+
 async def sign_up(request: web.Request) -> web.Response:
+    refuse_cross_site(request)
     body = await read_json(request)
     user = await flows.sign_up(
         request, body.get("username"), body.get("password"), body.get("nickname")
@@ -30,6 +45,7 @@ async def sign_up(request: web.Request) -> web.Response:
 
 
 async def log_in(request: web.Request) -> web.Response:
+    refuse_cross_site(request)
     body = await read_json(request)
     result = await flows.log_in(request, body.get("username"), body.get("password"))
     response = json_response(
@@ -51,6 +67,7 @@ async def get_profile(request: web.Request) -> web.Response:
 
 
 async def put_nickname(request: web.Request) -> web.Response:
+    refuse_cross_site(request)
     token_hash = token_hash_of(request, _secure(request))
     body = await read_json(request)
     nickname = validation.normalize_nickname(body.get("nickname"))
@@ -59,13 +76,18 @@ async def put_nickname(request: web.Request) -> web.Response:
 
 
 async def put_avatar(request: web.Request) -> web.Response:
+    refuse_cross_site(request)
     token_hash = token_hash_of(request, _secure(request))
-    key = await flows.store_avatar(request, await read_avatar_field(request))
+    # Session, rate and slot before a byte of the body is read (flows.upload_slot).
+    async with flows.upload_slot(request, token_hash):
+        data = await read_avatar_field(request, request.app[SERVICES].config.uploads.timeout_s)
+        key = await flows.store_avatar(request, data)
     user = await flows.change(request, token_hash, avatar_key=key)
     return json_response(profile_json(user))
 
 
 async def log_out(request: web.Request) -> web.Response:
+    refuse_cross_site(request)
     token_hash = token_hash_of(request, _secure(request))
     await flows.log_out(request, token_hash)
     response = web.Response(status=204)

@@ -19,7 +19,9 @@ Why this shape:
   browser id of its own choosing (cookie tossing).
 
 As a second, independent layer a POST is refused when the browser says it is
-cross-site (``Sec-Fetch-Site: cross-site``) or its ``Origin`` names another host.
+cross-site (``Sec-Fetch-Site: cross-site``) or its ``Origin`` names another host
+(:func:`cross_site`). The JSON API applies the same rule to every write a browser
+could send on its own: log in, sign up, and writes authenticated by the cookie.
 
 The secret comes from ``USERHUB_CSRF_SECRET`` (at least 32 characters) when set;
 otherwise from ``<USERHUB_VAR>/csrf.key``, 32 random bytes created on first use by
@@ -53,6 +55,24 @@ SECRET_BYTES: Final = 32
 MIN_ENV_SECRET_CHARS: Final = 32
 _BROWSER_ID_CHARS: Final = 43  # base64url of 32 bytes, unpadded
 _CONTEXT: Final = b"userhub-csrf-v1\0"
+
+
+def cross_site(request: web.Request, *, null_origin: bool = False) -> bool:
+    """Whether the browser says this request comes from a page of another site.
+
+    ``Sec-Fetch-Site: cross-site``, or an ``Origin`` naming another host than the one
+    the request was sent to. A request without either header is not a cross-site one
+    from any current browser (browsers send ``Origin`` on every cross-origin POST and
+    PUT); programs usually send neither. ``Origin: null`` (a sandboxed frame, a file,
+    some privacy settings) counts as cross-site only when ``null_origin`` says so: the
+    pages leave it to their token, the JSON API, which has none, refuses it.
+    """
+    if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+        return True
+    origin = request.headers.get("Origin", "")
+    if origin == "null":
+        return null_origin
+    return bool(origin) and urlsplit(origin).netloc.lower() != request.host.lower()
 
 
 def load_secret(var_dir: Path, env_secret: str = "") -> bytes:
@@ -140,10 +160,7 @@ class Csrf:
 
     def verify(self, request: web.Request, token: object) -> None:
         """Raise :class:`CsrfFailed` unless ``token`` is right for this request's browser."""
-        if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
-            raise CsrfFailed("this form was sent from another site")
-        origin = request.headers.get("Origin", "")
-        if origin and origin != "null" and urlsplit(origin).netloc.lower() != request.host.lower():
+        if cross_site(request):
             raise CsrfFailed("this form was sent from another site")
         browser_id = self.browser_id(request)
         if browser_id is None or not isinstance(token, str) or not token.isascii():

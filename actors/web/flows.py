@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from aiohttp import web
 
 from actors.rules import validation
+from actors.runtime import metrics
 from actors.web import images
 from actors.web.middleware import REQUEST_ID
 from actors.web.services import SERVICES
@@ -25,6 +28,7 @@ from actors.wire.errors import (
     InternalError,
     InvalidCredentials,
     InvalidInput,
+    Throttled,
 )
 
 
@@ -111,6 +115,33 @@ async def change(
     )
     changed = await request.app[SERVICES].call_cache(request, update)
     return changed.user
+
+
+async def upload_allowed(request: web.Request, user: messages.User) -> None:
+    """Count one picture upload against ``user``'s limit; Throttled (429) past it.
+
+    The one place an upload is counted, in the throttle every gateway shares
+    (actors.web.throttle), before a byte of the picture is read.
+    """
+    try:
+        await request.app[SERVICES].throttle.upload_allowed(user.user_id, request[REQUEST_ID])
+    except Throttled:
+        metrics.UPLOADS_REFUSED.labels(Throttled.code).inc()
+        raise
+
+
+@asynccontextmanager
+async def upload_slot(request: web.Request, token_hash: str) -> AsyncIterator[messages.User]:
+    """Everything an upload needs before its first byte is read, held for the block.
+
+    The session is resolved (Unauthenticated for a dead one), the upload counted
+    (upload_allowed) and one of the gateway's upload slots taken (Busy when none is
+    free), in that order; the block reads, checks and stores the picture.
+    """
+    user = await profile(request, token_hash)
+    await upload_allowed(request, user)
+    with request.app[SERVICES].upload_slots.take():
+        yield user
 
 
 async def store_avatar(request: web.Request, data: bytes) -> str:

@@ -2,8 +2,13 @@
 
 ``/healthz`` answers while the process runs; ``/readyz`` only while this gateway
 holds a connection to a db_worker and a cache_worker (supervisord and load
-balancers can tell the two apart); ``/metrics`` is the Prometheus text of every
-actor on the host (actors.runtime.metrics), gathered off the event loop.
+balancers can tell the two apart). Both are on the public port.
+
+``/metrics`` is the Prometheus text of every actor on the host
+(actors.runtime.metrics), gathered off the event loop. It is served only on the
+admin listener (USERHUB_ADMIN_ADDR, loopback by default), an application of its
+own: route names, error counts and pool sizes are for the operator, not for every
+client of the API, and a scrape costs a walk over every process's metric files.
 """
 
 from __future__ import annotations
@@ -42,4 +47,10 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+
+
+def build_admin_app() -> web.Application:
+    """The admin listener's application: /metrics and nothing else."""
+    app = web.Application()
     app.router.add_get("/metrics", metrics_endpoint)
+    return app

@@ -3,8 +3,12 @@
 The request id is made here (32 hex characters), returned in ``X-Request-ID``,
 carried in every frame header as the trace id and logged by each actor that touches
 the request. Errors become JSON with their stable code; nothing unexpected ever
-leaves as a bare 500 page. Default security headers are added with ``setdefault``,
-so a page that sets its own (the HTML pages' Content-Security-Policy) keeps them.
+leaves as a bare 500 page. The client reads a fixed message for any error that is
+not its own (actors.web.views.public_message); the request's log line carries the
+error's own message as ``error_detail``, whether the JSON API answered it here or
+a page rendered it (the pages hand it over under :data:`HANDLED_ERROR`). Default
+security headers are added with ``setdefault``, so a page that sets its own (the
+HTML pages' Content-Security-Policy) keeps them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from actors.wire.errors import CallerError, UserhubError
 log = structlog.get_logger("gateway")
 
 REQUEST_ID = web.RequestKey("request_id", str)
+#: An error a handler answered itself (an HTML error page), for the request's log line.
+HANDLED_ERROR = web.RequestKey("handled_error", UserhubError)
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -46,11 +52,15 @@ async def observe(request: web.Request, handler: _Handler) -> web.StreamResponse
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
     error_code = ""
+    error: UserhubError | None = None
     try:
         response = await handler(request)
+        error = request.get(HANDLED_ERROR)
+        if error is not None:
+            error_code = error.code
     except UserhubError as exc:
         response = error_response(exc)
-        error_code = exc.code
+        error_code, error = exc.code, exc
     except HttpProcessingError:
         # aiohttp's parsers (multipart part headers, forms) refusing what the client sent.
         response = error_response(CallerError("the request is malformed"))
@@ -91,6 +101,8 @@ async def observe(request: web.Request, handler: _Handler) -> web.StreamResponse
     }
     if error_code:
         fields["error_code"] = error_code
+    if error is not None and not isinstance(error, CallerError):
+        fields["error_detail"] = error.message  # what the client was not told
     log.info("http", **fields)
     structlog.contextvars.unbind_contextvars("request_id")
     return response

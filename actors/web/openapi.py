@@ -37,8 +37,8 @@ def _retry_error(description: str) -> dict[str, Any]:
     }
 
 
-# Answers any route may give: a body that is not what it should be, and the service's
-# own trouble (a dependency down, a deadline passed), which clients may retry.
+# Answers any route may give: the service's own trouble (a dependency down, a deadline
+# passed), which clients may retry. Their message is a fixed sentence per code.
 _COMMON: Final[dict[str, Any]] = {
     "503": _retry_error("A worker, MariaDB or Redis is unavailable; retry after Retry-After."),
     "504": _retry_error("The request's deadline passed inside the service; retry."),
@@ -47,7 +47,19 @@ _BODY_ERRORS: Final[dict[str, Any]] = {
     "400": _error("The body is not valid JSON (or not UTF-8)."),
     "408": _error("The body did not arrive in time."),
     "413": _error(f"The body is larger than {MAX_JSON_BYTES} bytes."),
+    "415": _error(
+        "The body is not declared `Content-Type: application/json` (a UTF-8 charset "
+        "parameter is allowed, nothing else)."
+    ),
     "422": _error("A field is missing or breaks the input rules; `field` names it."),
+}
+# Writes a browser could be made to send by a page of another site.
+_CROSS_SITE: Final[dict[str, Any]] = {
+    "403": _error(
+        "`csrf_failed`: the browser says a page of another site sent this request "
+        "(`Sec-Fetch-Site: cross-site`, or an `Origin` of another host or `null`). "
+        "Not checked for requests with an `Authorization` header."
+    ),
 }
 _AUTH_ERRORS: Final[dict[str, Any]] = {
     "401": _error("No session, or the token is unknown, expired or logged out."),
@@ -94,6 +106,7 @@ def document() -> dict[str, Any]:
                         "429": _retry_error(
                             "Too many sign-ups from this address; retry after Retry-After."
                         ),
+                        **_CROSS_SITE,
                         **_BODY_ERRORS,
                         **_COMMON,
                     },
@@ -122,6 +135,7 @@ def document() -> dict[str, Any]:
                             "Too many login attempts; retry after Retry-After (it doubles while "
                             "failures go on)."
                         ),
+                        **_CROSS_SITE,
                         **_BODY_ERRORS,
                         **_COMMON,
                     },
@@ -142,13 +156,23 @@ def document() -> dict[str, Any]:
                     "security": _SECURED,
                     "parameters": [_IDEMPOTENCY_KEY],
                     "requestBody": _json_body("NicknameChange"),
-                    "responses": {"200": profile, **_AUTH_ERRORS, **_BODY_ERRORS, **_COMMON},
+                    "responses": {
+                        "200": profile,
+                        **_AUTH_ERRORS,
+                        **_CROSS_SITE,
+                        **_BODY_ERRORS,
+                        **_COMMON,
+                    },
                 }
             },
             "/api/v1/profile/avatar": {
                 "put": {
                     "operationId": "setAvatar",
                     "summary": "Upload a profile picture.",
+                    "description": "The session is checked before the body is read: a dead "
+                    "one gets 401 and nothing is read or stored. Uploads are limited per "
+                    "account (429) and in number at once per gateway (503 `busy`, with "
+                    "Retry-After).",
                     "security": _SECURED,
                     "parameters": [_IDEMPOTENCY_KEY],
                     "requestBody": {
@@ -168,6 +192,7 @@ def document() -> dict[str, Any]:
                     "responses": {
                         "200": profile,
                         **_AUTH_ERRORS,
+                        **_CROSS_SITE,
                         "400": _error("The multipart body is malformed."),
                         "408": _error("The upload did not arrive in time."),
                         "413": _error(
@@ -177,6 +202,9 @@ def document() -> dict[str, Any]:
                         "422": _error(
                             "No `avatar` field, or a picture that does not decode or is "
                             "too large in pixels."
+                        ),
+                        "429": _retry_error(
+                            "Too many uploads for this account; retry after Retry-After."
                         ),
                         **_COMMON,
                     },
@@ -193,6 +221,7 @@ def document() -> dict[str, Any]:
                     "responses": {
                         "204": {"description": "Logged out."},
                         **_AUTH_ERRORS,
+                        **_CROSS_SITE,
                         **_COMMON,
                     },
                 }

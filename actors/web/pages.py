@@ -7,7 +7,12 @@ about accounts, sessions, throttling or pictures is decided here.
 
 The rules each handler follows:
 
-* a POST is checked for its CSRF token before anything else is read or done;
+* a POST is checked for its CSRF token before anything else is read or done; the
+  picture upload, whose token travels in the same multipart body as the picture,
+  first checks the browser's Origin headers and the session (the log-in redirect
+  for a dead one), counts the upload and takes an upload slot, and only then reads
+  the token, then the picture;
+* every body is read within a size and a time limit (actors.web.bodies): 413, 408;
 * a caller error is shown next to the field it names (``UserhubError.field``) by
   re-rendering the form with the error's 4xx status; a 429 keeps its Retry-After;
 * a success answers 303 to a GET page (post/redirect/get), so a reload never
@@ -29,7 +34,7 @@ from aiohttp import BodyPartReader, web
 
 from actors.rules import validation
 from actors.runtime.config import GatewayConfig
-from actors.web import csrf, flows
+from actors.web import bodies, csrf, flows
 from actors.web.bodies import read_avatar_part
 from actors.web.cookies import (
     clear_session_cookie,
@@ -37,9 +42,10 @@ from actors.web.cookies import (
     session_cookie_name,
     set_session_cookie,
 )
+from actors.web.middleware import HANDLED_ERROR
 from actors.web.render import Renderer, redirect
 from actors.web.services import SERVICES
-from actors.web.views import avatar_url, retry_after
+from actors.web.views import avatar_url, public_message, retry_after
 from actors.wire import messages
 from actors.wire.errors import (
     CallerError,
@@ -47,7 +53,6 @@ from actors.wire.errors import (
     DependencyError,
     InvalidCredentials,
     InvalidInput,
-    PayloadTooLarge,
     Throttled,
     Unauthenticated,
     UnsupportedMediaType,
@@ -71,6 +76,7 @@ def page(handler: _Handler) -> _Handler:
         try:
             return await handler(request)
         except UserhubError as exc:
+            request[HANDLED_ERROR] = exc  # the request's log line says what it was
             return request.app[RENDERER].error_page(request, exc)
         except web.HTTPException as exc:
             if exc.status < 400:
@@ -93,10 +99,7 @@ async def read_form(request: web.Request) -> dict[str, str]:
     """A small url-encoded form, CSRF-checked; file fields are not expected here."""
     if request.content_type not in _FORM_TYPES:
         raise UnsupportedMediaType("send this form from the page")
-    if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
-        raise PayloadTooLarge(f"forms are limited to {MAX_FORM_BYTES} bytes")
-    data = await request.post()
-    form = {key: value for key, value in data.items() if isinstance(value, str)}
+    form = await bodies.read_form(request, MAX_FORM_BYTES)
     request.app[RENDERER].csrf.verify(request, form.get(csrf.FIELD))
     return form
 
@@ -146,7 +149,8 @@ def no_session(request: web.Request) -> web.Response:
 
 def field_errors(exc: UserhubError, default_field: str = "form") -> dict[str, str]:
     """The error as a sentence, keyed by the field it belongs next to."""
-    text = exc.message[:1].upper() + exc.message[1:]
+    message = public_message(exc)
+    text = message[:1].upper() + message[1:]
     if not text.endswith((".", "!", "?")):
         text += "."
     return {exc.field or default_field: text}
@@ -250,12 +254,14 @@ def profile_response(
     status: int = 200,
     errors: dict[str, str] | None = None,
     nickname_value: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> web.Response:
     return request.app[RENDERER].render(
         request,
         "profile.html",
         status=status,
         errors=errors,
+        headers=headers,
         user=user,
         avatar_url=avatar_url(user),
         nickname_value=user.nickname if nickname_value is None else nickname_value,
@@ -302,9 +308,15 @@ async def nickname_submit(request: web.Request) -> web.StreamResponse:
 
 
 async def read_avatar_form(request: web.Request) -> bytes:
-    """The picture of the upload form, read only after its CSRF token (sent first) checks out."""
-    if not request.content_type.startswith("multipart/"):
-        raise UnsupportedMediaType("send the picture with the upload form")
+    """The picture of the upload form, read only after its CSRF token (sent first) checks
+    out, all within the upload time limit."""
+    timeout_s = request.app[SERVICES].config.uploads.timeout_s
+    async with bodies.upload_time_limit(request, timeout_s):
+        return await _read_avatar_form(request)
+    raise AssertionError("unreachable: the block returns or raises")  # for mypy
+
+
+async def _read_avatar_form(request: web.Request) -> bytes:
     forms = request.app[RENDERER].csrf
     reader = await request.multipart()
     token: str | None = None
@@ -328,27 +340,35 @@ async def read_avatar_form(request: web.Request) -> bytes:
 
 @page
 async def avatar_submit(request: web.Request) -> web.StreamResponse:
+    if not request.content_type.startswith("multipart/"):
+        raise UnsupportedMediaType("send the picture with the upload form")
+    if csrf.cross_site(request):  # the headers' part of the CSRF check, before the body
+        raise CsrfFailed("this form was sent from another site")
     token_hash = session_hash(request)
+    if token_hash is None:
+        return no_session(request)
     try:
-        data = await read_avatar_form(request)
-        if token_hash is None:
-            return no_session(request)
-        await flows.profile(request, token_hash)  # no orphan files for dead sessions
-        key = await flows.store_avatar(request, data)
+        # The session is resolved, the upload counted and a slot taken before a byte
+        # of the body is read: a dead session or a busy gateway costs no upload.
+        async with flows.upload_slot(request, token_hash):
+            data = await read_avatar_form(request)
+            key = await flows.store_avatar(request, data)
         await flows.change(request, token_hash, avatar_key=key)
     except Unauthenticated:
         return to_login(request, "expired")
     except CsrfFailed:
         raise
     except CallerError as exc:
-        if token_hash is None:
-            return no_session(request)
         try:
             user = await flows.profile(request, token_hash)
         except Unauthenticated:
             return to_login(request, "expired")
         return profile_response(
-            request, user, status=exc.http_status, errors=field_errors(exc, "avatar")
+            request,
+            user,
+            status=exc.http_status,
+            errors=field_errors(exc, "avatar"),
+            headers=retry_after(exc),
         )
     return redirect("/profile?m=avatar_saved")
 

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from actors.rules import validation
 from actors.web import csrf, images
-from actors.web.views import retry_after
+from actors.web.views import public_message, retry_after
 from actors.wire.errors import NotFound, UserhubError
 
 HERE: Final = Path(__file__).resolve().parent
@@ -156,7 +156,7 @@ class Renderer:
             status=exc.http_status,
             headers=retry_after(exc),
             code=exc.code,
-            message=exc.message,
+            message=public_message(exc),
         )
 
     async def serve_static(self, request: web.Request) -> web.Response:

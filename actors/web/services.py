@@ -18,6 +18,8 @@ from actors.runtime.leasing import WorkerPool
 from actors.web.image_store import ImageStore
 from actors.web.middleware import REQUEST_ID
 from actors.web.throttle import Throttles
+from actors.web.upload_guard import UploadSlots
+from actors.wire import messages
 from actors.wire.messages import R, Request
 
 
@@ -28,6 +30,7 @@ class Services:
     cache: WorkerPool
     images: ImageStore
     throttle: Throttles
+    upload_slots: UploadSlots
 
     def deadline(self) -> float:
         return time.time() + self.config.common.request_timeout_s
@@ -39,6 +42,13 @@ class Services:
         return await self.cache.call(
             message, deadline=self.deadline(), trace_id=request[REQUEST_ID]
         )
+
+    async def avatars_in_use(self, keys: tuple[str, ...], trace_id: str) -> tuple[str, ...]:
+        """Which of ``keys`` some account references (the orphan sweeper's question)."""
+        found = await self.db.call(
+            messages.AvatarsInUse(keys=keys), deadline=self.deadline(), trace_id=trace_id
+        )
+        return found.keys
 
 
 SERVICES = web.AppKey("services", Services)

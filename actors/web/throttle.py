@@ -282,23 +282,3 @@ class Throttles:
     async def not_judged(self, counted: Counted, trace_id: str) -> None:
         """The service failed to answer: the attempt is taken back under every key."""
         await self.counters.settle((), counted.rules, trace_id)
-
-
-_process: Throttles | None = None
-
-
-def install(throttles: Throttles) -> None:
-    """Make ``throttles`` the ones :func:`upload_allowed` uses in this process."""
-    global _process
-    _process = throttles
-
-
-async def upload_allowed(user_id: int, trace_id: str) -> None:
-    """Count a picture upload for ``user_id`` in this gateway's throttles, or raise Throttled.
-
-    Call it before the picture is read or decoded; an attempt is counted whatever
-    its outcome (the work was done).
-    """
-    if _process is None:
-        raise RuntimeError("no throttles installed in this process (actors.gateway does it)")
-    await _process.upload_allowed(user_id, trace_id)

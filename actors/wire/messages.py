@@ -212,6 +212,22 @@ class EndSession(Request[Ack], frozen=True):
     token_hash: TokenHash
 
 
+#: The most picture keys one AvatarsInUse may ask about: one bounded query, one
+#: small frame (a key is at most 68 characters).
+MAX_AVATAR_KEYS = 500
+
+
+class AvatarKeys(Message, frozen=True):
+    keys: tuple[str, ...]
+
+
+class AvatarsInUse(Request[AvatarKeys], frozen=True):
+    """db_worker: which of these picture keys some account references (the sweeper's
+    question before it deletes a stored picture)."""
+
+    keys: Annotated[tuple[str, ...], msgspec.Meta(max_length=MAX_AVATAR_KEYS)]
+
+
 # -- profiles and sessions: cache_worker ----------------------------------------------
 
 
@@ -283,7 +299,14 @@ ManagerRequest = (
     Register | Heartbeat | AcquireLease | RenewLease | ReleaseLease | ListWorkers | Ping
 )
 DbWorkerRequest = (
-    CreateUser | Login | ResolveSession | TouchSession | UpdateUser | EndSession | Ping
+    CreateUser
+    | Login
+    | ResolveSession
+    | TouchSession
+    | UpdateUser
+    | EndSession
+    | AvatarsInUse
+    | Ping
 )
 CacheWorkerRequest = GetProfile | UpdateProfile | Logout | ThrottleAttempt | ThrottleSettle | Ping
 
@@ -321,6 +344,8 @@ TYPE_CODES: dict[type[Message], int] = {
     TouchSession: 46,
     UpdateUser: 47,
     EndSession: 48,
+    AvatarsInUse: 49,
+    AvatarKeys: 50,
     GetProfile: 60,
     Profile: 61,
     UpdateProfile: 62,

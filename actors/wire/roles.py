@@ -38,7 +38,8 @@ ALLOWED: Final[dict[str, dict[str, frozenset[type[m.Message]]]]] = {
         ADMIN: frozenset({m.ListWorkers, m.Ping}),
     },
     DB_WORKER: {
-        GATEWAY: frozenset({m.CreateUser, m.Login, m.Ping}),
+        # AvatarsInUse: the gateways' sweeper of unreferenced pictures (actors/web).
+        GATEWAY: frozenset({m.CreateUser, m.Login, m.AvatarsInUse, m.Ping}),
         CACHE_WORKER: frozenset(
             {m.ResolveSession, m.TouchSession, m.UpdateUser, m.EndSession, m.Ping}
         ),

@@ -11,6 +11,7 @@ from PIL import Image
 
 from tests.integration.conftest import Account, sign_up_and_log_in, unique_name
 from tests.integration.pages import png_bytes
+from tests.integration.tree import Tree
 
 pytestmark = pytest.mark.integration
 
@@ -207,8 +208,17 @@ async def test_malformed_requests_get_clear_4xx(
     checks: list[tuple[str, str, Sent, int]] = [
         ("POST", "/api/v1/users", {"data": b"{not json", "headers": json_type}, 400),
         ("POST", "/api/v1/users", {"json": [1, 2]}, 422),
-        ("POST", "/api/v1/users", {"data": b"x" * 100_000}, 413),
-        ("POST", "/api/v1/users", {"data": b"\xff\xfe\xfd"}, 400),
+        ("POST", "/api/v1/users", {"data": b"x" * 100_000, "headers": json_type}, 413),
+        ("POST", "/api/v1/users", {"data": b"\xff\xfe\xfd", "headers": json_type}, 400),
+        # Only JSON is read as JSON: a form, plain text or no type at all is 415.
+        ("POST", "/api/v1/users", {"data": b'{"username": "a"}'}, 415),
+        ("POST", "/api/v1/login", {"data": b"{}", "headers": {"Content-Type": "text/plain"}}, 415),
+        (
+            "PUT",
+            "/api/v1/profile/nickname",
+            {"data": b"nickname=x", "headers": {**account.auth, "Content-Type": "text/plain"}},
+            415,
+        ),
         ("GET", "/api/v1/profile", {}, 401),
         ("GET", "/api/v1/profile", {"headers": {"Authorization": "Bearer nonsense"}}, 401),
         ("GET", "/api/v1/profile", {"headers": {"Authorization": "Basic Zm9vOmJhcg=="}}, 401),
@@ -244,14 +254,18 @@ async def test_login_throttling_answers_429_with_retry_after(http: aiohttp.Clien
     assert 401 in statuses and 429 in statuses
 
 
-async def test_health_ready_and_metrics(http: aiohttp.ClientSession) -> None:
+async def test_health_ready_and_metrics(http: aiohttp.ClientSession, tree: Tree) -> None:
     async with http.get("/healthz") as r:
         assert r.status == 200
     async with http.get("/readyz") as r:
         body = await r.json()
         assert r.status == 200 and body["ready"] is True
         assert body["db_workers"] >= 1 and body["cache_workers"] >= 1
+    # The host's metrics are on the admin listener only, never on the public port.
     async with http.get("/metrics") as r:
+        assert r.status == 404
+        assert "userhub_" not in await r.text()
+    async with http.get(tree.metrics_url) as r:
         text = await r.text()
         assert r.status == 200
         assert "userhub_http_request_seconds_bucket" in text

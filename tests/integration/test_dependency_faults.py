@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
+from actors.web.views import PUBLIC_MESSAGES
 from chaos.run import mysql_connections
 from tests.integration.fault_proxy import ProxiedTree, proxied_tree
+from tests.integration.pages import page_token
 from tests.integration.tree import wait_until
 
 pytestmark = pytest.mark.integration
@@ -136,8 +138,8 @@ async def run_load(
     await asyncio.gather(*(loop() for _ in range(concurrency)))
 
 
-async def cache_hits(client: aiohttp.ClientSession) -> float:
-    async with client.get("/metrics") as r:
+async def cache_hits(client: aiohttp.ClientSession, metrics_url: str) -> float:
+    async with client.get(metrics_url) as r:
         text = await r.text()
     found = re.search(r'^userhub_cache_lookups_total\{result="hit"\} (\S+)$', text, re.M)
     return float(found.group(1)) if found else 0.0
@@ -193,7 +195,7 @@ async def test_redis_stopped_under_load_reads_and_writes_still_succeed(
     assert load.failed() == [], summary(load.failed())
     assert max(a.seconds for a in during) < FAST_S, summary(during)
     # Once Redis is back the cache serves again: hits grow and reads see the last write.
-    before = await cache_hits(client)
+    before = await cache_hits(client, proxied.tree.metrics_url)
     for user in users:
         async with client.put(
             "/api/v1/profile/nickname", json={"nickname": "after"}, headers=user.auth
@@ -202,7 +204,7 @@ async def test_redis_stopped_under_load_reads_and_writes_still_succeed(
         for _ in range(3):
             async with client.get("/api/v1/profile", headers=user.auth) as r:
                 assert (await r.json())["nickname"] == "after"
-    assert await cache_hits(client) > before
+    assert await cache_hits(client, proxied.tree.metrics_url) > before
 
 
 async def test_redis_black_hole_reads_still_served_and_nothing_stale_after(
@@ -241,11 +243,11 @@ async def test_redis_black_hole_reads_still_served_and_nothing_stale_after(
     assert max(a.seconds for a in during) < FAST_S, summary(during)
     assert sorted(a.seconds for a in during)[len(during) // 2] < 0.2, summary(during)
     # After the cut heals the old copy is never served, and the cache serves again.
-    before = await cache_hits(client)
+    before = await cache_hits(client, proxied.tree.metrics_url)
     for _ in range(10):
         async with client.get("/api/v1/profile", headers=users[0].auth) as r:
             assert (await r.json())["nickname"] == "changed"
-    assert await cache_hits(client) > before
+    assert await cache_hits(client, proxied.tree.metrics_url) > before
 
 
 # -- MariaDB ------------------------------------------------------------------------------
@@ -304,6 +306,62 @@ async def test_mysql_black_hole_fails_fast_then_recovers(
     finally:
         await asyncio.to_thread(proxied.mysql.set_mode, "pass")
     assert await wait_all_ok(client, users, timeout=10) < 5.0
+
+
+def gateway_line(proxied: ProxiedTree, request_id: str) -> dict[str, object] | None:
+    """The gateway's log line for one request, if it is written yet."""
+    for path in (proxied.tree.var / "log").glob("gateway_*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if request_id in line and line.startswith("{"):
+                entry = json.loads(line)
+                if entry.get("event") == "http" and entry.get("request_id") == request_id:
+                    return dict(entry)
+    return None
+
+
+async def test_an_outage_is_told_in_plain_words_and_logged_in_detail(
+    proxied: ProxiedTree, client: aiohttp.ClientSession
+) -> None:
+    """A 503 names no server, address or exception; the request's log line does."""
+    user = await new_user(client)
+    browser = aiohttp.ClientSession(
+        base_url=proxied.tree.base_url,
+        cookie_jar=aiohttp.CookieJar(unsafe=True),
+        timeout=aiohttp.ClientTimeout(total=15),
+    )
+    async with browser:
+        token = await page_token(browser, "/login")
+        credentials = {"username": user.username, "password": user.password}
+        try:
+            await asyncio.to_thread(proxied.mysql.set_mode, "blackhole")
+            async with client.post("/api/v1/login", json=credentials) as r:
+                api_status, api_body = r.status, await r.text()
+                api_id = r.headers["X-Request-ID"]
+            async with browser.post(
+                "/login", data={"csrf_token": token, **credentials}, allow_redirects=False
+            ) as r:
+                page_status, page_body = r.status, await r.text()
+                page_id, page_retry = r.headers["X-Request-ID"], r.headers.get("Retry-After")
+        finally:
+            await asyncio.to_thread(proxied.mysql.set_mode, "pass")
+    assert api_status == 503, api_body
+    assert json.loads(api_body)["error"] == {
+        "code": "database_unavailable",
+        "message": PUBLIC_MESSAGES["database_unavailable"],
+    }
+    assert page_status == 503 and page_retry == "1", page_body[:500]
+    shown = PUBLIC_MESSAGES["database_unavailable"]
+    assert 'data-code="database_unavailable"' in page_body
+    assert shown[:1].upper() + shown[1:] in page_body  # the page starts it with a capital
+    for text in (api_body, page_body):
+        for word in ("MySQL", "mysql", "Redis", "Traceback", "cannot reach", "did not answer"):
+            assert word not in text, (word, text[:500])
+    for request_id in (api_id, page_id):
+        line = await asyncio.to_thread(
+            wait_until, lambda rid=request_id: gateway_line(proxied, rid), 10, "the log line"
+        )
+        assert line["error_code"] == "database_unavailable", line
+        assert "MySQL" in str(line["error_detail"]), line
 
 
 # -- crashes ---------------------------------------------------------------------------

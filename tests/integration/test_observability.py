@@ -25,7 +25,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def scrape(tree: Tree) -> Samples:
-    with urllib.request.urlopen(f"{tree.base_url}/metrics", timeout=10) as r:
+    with urllib.request.urlopen(tree.metrics_url, timeout=10) as r:
         text = r.read().decode()
     out: Samples = {}
     for family in text_string_to_metric_families(text):

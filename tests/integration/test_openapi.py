@@ -39,6 +39,7 @@ from actors.web import openapi
 from actors.web.image_store import LocalImageStore
 from actors.web.services import Services
 from actors.web.throttle import Throttles
+from actors.web.upload_guard import UploadSlots
 from tests.integration.conftest import API_ANSWERS, sign_up_and_log_in, unique_name
 from tests.integration.tree import Tree
 
@@ -68,6 +69,7 @@ def test_every_api_route_is_documented_and_nothing_else(
         cache=cast(WorkerPool, None),
         images=LocalImageStore(config.image_dir),
         throttle=Throttles.from_config(config, cast(WorkerPool, None)),
+        upload_slots=UploadSlots(config.uploads.concurrent),
     )
     app = gateway.build_app(services)
     routes = {

@@ -195,6 +195,26 @@ def test_gateway_defaults(clean_env: pytest.MonkeyPatch) -> None:
     assert (gw.uploads_per_user, gw.upload_window_s) == (20, 3600)
     assert gw.trusted_proxies == ()
     assert gw.device_cookie_max_age_s == 30 * 86400
+    assert gw.admin_addr == ("127.0.0.1", 9180)
+    up = gw.uploads
+    assert (up.concurrent, up.timeout_s) == (8, 60.0)
+    assert (up.orphan_grace_s, up.sweep_every_s) == (3600.0, 300.0)
+    assert (up.sweep_examine, up.sweep_delete) == (1000, 200)
+
+
+def test_gateway_upload_and_admin_settings(clean_env: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "USERHUB_ADMIN_ADDR": "127.0.0.1:9999",
+        "USERHUB_UPLOADS_CONCURRENT": "1",
+        "USERHUB_UPLOAD_TIMEOUT_S": "4.5",
+        "USERHUB_AVATAR_GRACE_S": "60",
+        "USERHUB_AVATAR_SWEEP_S": "0.5",
+    }.items():
+        clean_env.setenv(name, value)
+    gw = GatewayConfig.from_env()
+    assert gw.admin_addr == ("127.0.0.1", 9999)
+    assert (gw.uploads.concurrent, gw.uploads.timeout_s) == (1, 4.5)
+    assert (gw.uploads.orphan_grace_s, gw.uploads.sweep_every_s) == (60.0, 0.5)
 
 
 def test_trusted_proxies_from_env(clean_env: pytest.MonkeyPatch) -> None:

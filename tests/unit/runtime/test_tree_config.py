@@ -21,7 +21,8 @@ EXPORTED = [
     "USERHUB_MYSQL_PORT", "USERHUB_REDIS_PORT", "USERHUB_MYSQL_DSN", "USERHUB_START_MYSQL",
     "USERHUB_REDIS_URL", "USERHUB_START_REDIS", "USERHUB_REDIS_MAXMEMORY",
     "USERHUB_INNODB_BUFFER_POOL", "USERHUB_MANAGER_ADDR", "USERHUB_HTTP_ADDR",
-    "USERHUB_DB_WORKERS", "USERHUB_CACHE_WORKERS", "USERHUB_GATEWAYS", "USERHUB_SPARE_WORKERS",
+    "USERHUB_ADMIN_ADDR", "USERHUB_DB_WORKERS", "USERHUB_CACHE_WORKERS", "USERHUB_GATEWAYS",
+    "USERHUB_SPARE_WORKERS",
     "PROMETHEUS_MULTIPROC_DIR", "PYTHONPATH",
 ]  # fmt: skip
 
@@ -58,6 +59,7 @@ def test_defaults() -> None:
     assert (tree.redis_maxmemory, tree.innodb_buffer_pool) == ("2gb", "4G")
     assert tree.manager_addr == ("127.0.0.1", 7400)
     assert tree.http_addr == ("127.0.0.1", 8080)
+    assert tree.admin_addr == ("127.0.0.1", 9180)
     assert (tree.db_workers, tree.cache_workers, tree.gateways, tree.spare_workers) == (2, 2, 2, 2)
     assert tree.metrics_dir == ROOT / "var" / "metrics"
     assert tree.pythonpath == str(ROOT)

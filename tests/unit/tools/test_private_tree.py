@@ -41,8 +41,9 @@ def test_a_tree_with_its_own_servers_ignores_the_callers_settings(tmp_path: Path
         env["USERHUB_REDIS_PORT"],
         env["USERHUB_MANAGER_ADDR"].rsplit(":", 1)[1],
         env["USERHUB_HTTP_ADDR"].rsplit(":", 1)[1],
+        env["USERHUB_ADMIN_ADDR"].rsplit(":", 1)[1],
     }
-    assert len(ports) == 4 and "8080" not in ports and "3307" not in ports
+    assert len(ports) == 5 and not ports & {"8080", "3307", "9180"}
     assert env["USERHUB_DB_WORKERS"] == "2"  # the default, not the caller's 9
     assert "USERHUB_SESSION_IDLE_S" not in env
     assert env["USERHUB_GATEWAYS"] == "1"
@@ -73,7 +74,9 @@ def test_a_handle_knows_its_addresses(tmp_path: Path) -> None:
     tree = PrivateTree(tmp_path, tree_env(tmp_path, base_env=CALLER))
     host, port = tree.http
     assert tree.base_url == f"http://{host}:{port}"
-    assert tree.metrics_url == f"http://{host}:{port}/metrics"
+    admin_host, admin_port = tree.config.admin_addr
+    assert admin_port != port
+    assert tree.metrics_url == f"http://{admin_host}:{admin_port}/metrics"
     assert f"{tree.manager_addr[0]}:{tree.manager_addr[1]}" == tree.env["USERHUB_MANAGER_ADDR"]
     assert tree.server_url == f"unix://{tmp_path}/run/supervisor.sock"
     assert not tree.ready()  # nothing listens there

@@ -86,6 +86,27 @@ def test_cross_site_requests_are_refused_even_with_a_token() -> None:
         forms.verify(request(browser, headers=headers), token)
 
 
+@pytest.mark.parametrize(
+    ("headers", "pages", "api"),
+    [
+        ({}, False, False),
+        ({"Origin": "http://example.test"}, False, False),
+        ({"Origin": "http://EXAMPLE.test"}, False, False),
+        ({"Sec-Fetch-Site": "same-origin"}, False, False),
+        ({"Origin": "https://evil.example"}, True, True),
+        ({"Origin": "http://example.test.evil.example"}, True, True),
+        ({"Sec-Fetch-Site": "cross-site"}, True, True),
+        ({"Sec-Fetch-Site": "Cross-Site", "Origin": "http://example.test"}, True, True),
+        ({"Origin": "null"}, False, True),
+    ],
+)
+def test_cross_site_by_the_browsers_headers(
+    headers: dict[str, str], pages: bool, api: bool
+) -> None:
+    assert csrf.cross_site(request(headers=headers)) is pages
+    assert csrf.cross_site(request(headers=headers), null_origin=True) is api
+
+
 @pytest.mark.parametrize("secure", [False, True])
 def test_the_browser_id_cookie_flags(secure: bool) -> None:
     forms = csrf.Csrf(SECRET, secure=secure)

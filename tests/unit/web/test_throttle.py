@@ -18,7 +18,6 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from actors.runtime.leasing import WorkerPool
-from actors.web import throttle
 from actors.web.device_cookie import DeviceCookies
 from actors.web.throttle import Counters, Policy, Throttles, account_key
 from actors.web.throttle_local import LocalCounters
@@ -264,24 +263,16 @@ async def test_sign_ups_are_counted_per_client_address() -> None:
 
 
 async def test_uploads_are_counted_per_user() -> None:
-    t = throttles(FakeCache())
+    cache = FakeCache()
+    t = throttles(cache)
     for _ in range(4):
         await t.upload_allowed(7, "t")
     with pytest.raises(Throttled) as caught:
         await t.upload_allowed(7, "t")
     assert caught.value.retry_after_s == 3600
     await t.upload_allowed(8, "t")
-
-
-async def test_the_process_wide_upload_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(throttle, "_process", None)
-    with pytest.raises(RuntimeError):
-        await throttle.upload_allowed(1, "t")
-    cache = FakeCache()
-    throttle.install(throttles(cache))
-    await throttle.upload_allowed(1, "t")
-    (sent,) = cache.sent
+    sent = cache.sent[0]
     assert isinstance(sent, messages.ThrottleAttempt)
     assert sent.rules == (
-        messages.ThrottleRule(key="u:1", limit=4, window_ms=3_600_000, backoff_cap_ms=0),
+        messages.ThrottleRule(key="u:7", limit=4, window_ms=3_600_000, backoff_cap_ms=0),
     )

@@ -36,6 +36,10 @@ def strategy_for_type(tp: object) -> st.SearchStrategy[object]:
         if base is str and patterns:
             (pattern,) = patterns
             return st.from_regex(pattern, fullmatch=True)
+        lengths = [m.max_length for m in extras if isinstance(m, msgspec.Meta) and m.max_length]
+        if typing.get_origin(base) is tuple and lengths and not patterns:
+            (item, _) = typing.get_args(base)
+            return st.lists(strategy_for_type(item), max_size=min(4, *lengths)).map(tuple)
         raise AssertionError(f"no strategy for constrained field {tp!r}")
     if tp is str:
         return st.text()  # arbitrary unicode (hypothesis leaves out lone surrogates)
