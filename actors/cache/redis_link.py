@@ -40,9 +40,23 @@ RepairHook = Callable[[aioredis.Redis], Awaitable[None]]
 
 
 class RedisLink:
-    def __init__(self, url: str, pool_size: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        pool_size: int,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        # Credentials in the URL win over ``username`` and ``password`` (which come
+        # from a file: actors.runtime.config.RedisTarget), on both clients alike.
         self.redis = aioredis.Redis.from_url(
             url,
+            username=username,
+            password=password,
+            # No CLIENT SETINFO on connect: the ACL user grants only the commands
+            # userhub runs (tools.redis_acl), and that one is not among them.
+            driver_info=None,
             max_connections=pool_size,
             socket_timeout=1.0,
             socket_connect_timeout=1.0,
@@ -52,7 +66,9 @@ class RedisLink:
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         try:
-            self.fast: FastRedis | None = FastRedis(url, connections=2, timeout=1.0)
+            self.fast: FastRedis | None = FastRedis(
+                url, connections=2, timeout=1.0, username=username, password=password
+            )
         except ValueError:
             self.fast = None
         self.breaker = Breaker()  # open until a probe finds Redis back

@@ -138,6 +138,42 @@ async def test_password_and_database_are_sent_first(serve: Serve) -> None:
     client.close()
 
 
+async def test_credentials_from_a_file_are_sent_when_the_url_has_none(serve: Serve) -> None:
+    fake, url = await serve(echo_get)
+    client = FastRedis(url.replace("redis://", "redis://userhub@"), password="from-file")
+    assert await client.execute("GET", "k") == b"k"
+    assert fake.commands[:2] == [[b"AUTH", b"userhub", b"from-file"], [b"GET", b"k"]]
+    client.close()
+
+
+async def test_the_urls_own_password_wins(serve: Serve) -> None:
+    fake, url = await serve(echo_get)
+    client = FastRedis(url.replace("redis://", "redis://ops:own@"), username="u", password="p")
+    assert await client.execute("GET", "k") == b"k"
+    assert fake.commands[0] == [b"AUTH", b"ops", b"own"]
+    client.close()
+
+
+async def test_a_refused_password_is_a_connection_error_and_closes_the_socket(
+    serve: Serve,
+) -> None:
+    def refuse_auth(command: list[bytes]) -> bytes:
+        if command[0] == b"AUTH":
+            return b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+        return echo_get(command)
+
+    fake, url = await serve(refuse_auth)
+    client = FastRedis(url, connections=1, username="userhub", password="old")
+    for _ in range(3):
+        with pytest.raises(RedisConnectionError, match="WRONGPASS"):
+            await client.execute("GET", "k")
+    assert fake.commands == [[b"AUTH", b"userhub", b"old"]] * 3  # GET never sent
+    async with asyncio.timeout(5):  # every refused connection was closed from our side
+        while not all(w.transport.is_closing() for w in fake.writers):
+            await asyncio.sleep(0.01)
+    client.close()
+
+
 def test_only_plain_redis_urls_take_the_fast_path() -> None:
     with pytest.raises(ValueError):
         FastRedis("rediss://127.0.0.1:6379/0")
