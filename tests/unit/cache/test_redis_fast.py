@@ -25,6 +25,8 @@ class FakeRedis:
         self.connections = 0
         self.writers: list[asyncio.StreamWriter] = []
         self.received = asyncio.Event()  # set whenever a command arrives
+        self.ended = 0  # connections the client closed
+        self.end = asyncio.Event()  # set whenever one is
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -39,6 +41,8 @@ class FakeRedis:
                 if answer is not None:
                     writer.write(answer)
         writer.close()
+        self.ended += 1
+        self.end.set()
 
 
 # Starts a FakeRedis answering with the given Reply: (the server, its redis:// URL).
@@ -169,8 +173,9 @@ async def test_a_refused_password_is_a_connection_error_and_closes_the_socket(
             await client.execute("GET", "k")
     assert fake.commands == [[b"AUTH", b"userhub", b"old"]] * 3  # GET never sent
     async with asyncio.timeout(5):  # every refused connection was closed from our side
-        while not all(w.transport.is_closing() for w in fake.writers):
-            await asyncio.sleep(0.01)
+        while fake.ended < 3:
+            await fake.end.wait()
+            fake.end.clear()
     client.close()
 
 
