@@ -278,7 +278,9 @@ class ProfileCache:
         live copy. The tombstone is remembered for the repair all the same."""
         ttl = _idle_ttl(idle_s)
         try:
-            await self._call(lambda: self._redis.set(_skey(token_hash), REVOKED, ex=ttl))
+            await self._link.write_or_drop(
+                _skey(token_hash), lambda: self._redis.set(_skey(token_hash), REVOKED, ex=ttl)
+            )
         except CacheUnavailable:
             _remember(self._dirty_sessions, token_hash, ttl)
             raise
@@ -304,7 +306,9 @@ class ProfileCache:
         """Store ``user`` unless the cache already holds this version or a newer one."""
         value = str(user.version).encode() + b"|" + _user_encoder.encode(user)
         try:
-            done = await self._call(lambda: self._put_profile(user.user_id, value, user.version))
+            done = await self._link.write_or_drop(
+                _ukey(user.user_id), lambda: self._put_profile(user.user_id, value, user.version)
+            )
         except CacheUnavailable:
             # Redis may still hold an older copy (a cut, not a restart): repair it later.
             _remember(self._dirty_users, user.user_id, None)

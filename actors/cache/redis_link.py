@@ -25,7 +25,7 @@ import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.cache.redis_fast import FastRedis
@@ -103,6 +103,27 @@ class RedisLink:
         except RedisError as exc:
             raise CacheUnavailable(f"Redis failed: {exc}") from None
 
+    async def write_or_drop(self, key: str, write: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``write``, which replaces ``key``; if Redis refuses it for want of memory
+        (maxmemory-policy noeviction), delete ``key`` instead and return None.
+
+        A refused write must not leave the copy it meant to replace (an old profile,
+        a live session after its log out) for any cache worker to serve: DEL is
+        never refused for memory, and after it a read goes to MySQL.
+        """
+
+        async def write_else_delete() -> Any:
+            try:
+                return await write()
+            except RedisError as exc:
+                if not out_of_memory(exc):
+                    raise
+            log.warning("cache_full_key_dropped", key_kind=key[:5])
+            await self.redis.delete(key)
+            return None
+
+        return await self.call(write_else_delete)
+
     def read(self, *args: Any) -> Awaitable[Any]:
         """A plain command on the lean path when there is one."""
         if self.fast is not None:
@@ -130,3 +151,8 @@ class RedisLink:
             self.breaker.close()
             log.info("cache_circuit_closed", down_s=round(time.monotonic() - started, 3))
             return
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Redis refused a write because it is full (``-OOM``; from a script, too)."""
+    return isinstance(exc, OutOfMemoryError) or str(exc).startswith("OOM ")
