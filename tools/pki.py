@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -191,6 +192,22 @@ def stage(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     make_ca(directory)
+
+
+def staged(directory: Path, kinds: Iterable[str] = KINDS) -> bool:
+    """Whether a CA was staged and some certificate is not yet issued by it."""
+    ca = _current_ca(directory)
+    if ca is None:
+        return False
+    for kind in kinds:
+        path = directory / cert_file(kind)
+        if not path.is_file():
+            continue
+        try:  # by signature: two CAs made within one second have the same name
+            x509.load_pem_x509_certificate(path.read_bytes()).verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            return True
+    return False
 
 
 def reissue(directory: Path, kinds: Iterable[str] = KINDS) -> None:

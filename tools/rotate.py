@@ -157,7 +157,10 @@ def rotate(tree: TreeConfig, ctl: Supervisorctl, log: Callable[[str], None] = pr
         secrets.write_private(files.redis, new_user + "\n")
         secrets.write_private(files.redis_admin, new_admin + "\n")
         log("Redis: the new passwords are accepted beside the old ones")
-    pki.stage(tree.pki_dir)
+    # A CA staged by a rotation that stopped before reissuing is used, not replaced:
+    # replacing it would drop the CA the running certificates come from.
+    if not pki.staged(tree.pki_dir):
+        pki.stage(tree.pki_dir)
     log("a new CA is trusted beside the old one; restarting every actor")
     done.restarted += restarter.restart_all(log)
 
