@@ -10,14 +10,17 @@ nothing else. An account made by an older set-up (a fixed password, every privil
 on the database, PROCESS) is brought to that state too.
 ``python -m tools.dbsetup schema [--dsn DSN]`` is for a server you run yourself:
 it checks through ``USERHUB_MYSQL_DSN`` that the tables are there, and when they are
-not, applies the schema through ``--dsn`` (an account allowed to CREATE) or, without
-it, through the same DSN.
+not, applies the schema through ``--dsn`` (an account allowed to CREATE, whose
+password is asked for at the terminal: a command line is visible to every user) or,
+without it, through the same DSN.
 Every step is idempotent: running it again changes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import getpass
 import os
 import pwd
 import re
@@ -25,7 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pymysql
@@ -230,13 +233,23 @@ def missing_tables(dsn: MysqlDsn, timeout_s: float = 60) -> list[str]:
     return [table for table in wanted if table not in present]
 
 
-def ensure_schema(dsn: MysqlDsn, admin: MysqlDsn | None = None, timeout_s: float = 60) -> bool:
-    """Apply the schema through ``admin`` (else ``dsn``) unless every table is there.
-    True if it was applied."""
+def ensure_schema(
+    dsn: MysqlDsn, admin: Callable[[], MysqlDsn] | None = None, timeout_s: float = 60
+) -> bool:
+    """Apply the schema through the DSN ``admin`` gives (else ``dsn``) unless every
+    table is there: the service account may not CREATE. True if it was applied."""
     if not missing_tables(dsn, timeout_s):
         return False
-    apply_schema(admin or dsn, timeout_s)
+    apply_schema(admin() if admin is not None else dsn, timeout_s)
     return True
+
+
+def ask_password(dsn: MysqlDsn) -> MysqlDsn:
+    """``dsn`` with the password typed at the terminal, unless it carries one."""
+    if dsn.password:
+        return dsn
+    typed = getpass.getpass(f"password of {dsn.user}@{dsn.host}:{dsn.port}: ")
+    return dataclasses.replace(dsn, password=typed)
 
 
 def _statements(text: str) -> list[str]:
@@ -248,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.dbsetup")
     parser.add_argument("step", choices=["init", "bootstrap", "schema"])
     parser.add_argument(
-        "--dsn", default="", help="schema: an account allowed to CREATE, used only if tables lack"
+        "--dsn",
+        default="",
+        help="schema: mysql://user@host:port/db of an account allowed to CREATE, used only"
+        " if tables are missing; its password is asked for",
     )
     args = parser.parse_args(argv)
     timeout_s = float(os.environ.get("USERHUB_MYSQL_START_TIMEOUT_S", "60"))
@@ -268,8 +284,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"set {what}")
         print("database, schema and account ready")
     else:
-        admin = MysqlDsn.parse(args.dsn) if args.dsn else None
-        applied = ensure_schema(MysqlDsn.from_env(), admin, timeout_s)
+        given = args.dsn
+
+        def admin() -> MysqlDsn:
+            return ask_password(MysqlDsn.parse(given))
+
+        applied = ensure_schema(MysqlDsn.from_env(), admin if given else None, timeout_s)
         print("schema applied" if applied else "schema ready")
     return 0
 
