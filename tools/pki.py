@@ -90,7 +90,12 @@ def make_ca(directory: Path) -> None:
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "userhub"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"userhub tree CA {_now():%Y-%m-%d %H:%M:%S}"),
+            # Unique even for two CAs made within one second: TLS finds a certificate's
+            # issuer in the bundle by name, and the first of two alike would be taken.
+            x509.NameAttribute(
+                NameOID.COMMON_NAME,
+                f"userhub tree CA {_now():%Y-%m-%d %H:%M:%S} {os.urandom(4).hex()}",
+            ),
         ]
     )
     cert = (
