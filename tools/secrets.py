@@ -89,8 +89,9 @@ def ensure(tree: TreeConfig) -> list[str]:
         return made
     secure_directory(files.directory)
     for name, path in wanted:
-        if path.parent != files.directory:
-            secure_directory(path.parent)
+        # A file named by its own setting may sit in a directory shared with other
+        # things (/run/secrets, /etc/...): made 0700 if missing, never re-moded.
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if _ensure_file(path):
             made.append(name)
     if tree.start_redis:

@@ -132,3 +132,14 @@ def test_show_names_files_and_modes_never_values(tmp_path: Path) -> None:
     text = "\n".join(secrets.describe(tree.secrets))
     assert "0700" in text and "0600" in text
     assert secrets.read_secret(tree.secrets.mysql) not in text
+
+
+def test_a_file_of_its_own_setting_leaves_its_directory_mode_alone(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    os.chmod(shared, 0o755)
+    tree = tree_in(tmp_path / "var", USERHUB_MYSQL_PASSWORD_FILE=str(shared / "mysql.pw"))
+    assert "mysql" in secrets.ensure(tree)
+    assert mode(shared) == 0o755  # not ours to tighten
+    assert mode(shared / "mysql.pw") == 0o600
+    assert mode(tree.secrets.directory) == 0o700
