@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import redis
 
@@ -134,20 +135,25 @@ def _set_redis_users(
 def rotate(tree: TreeConfig, ctl: Supervisorctl, log: Callable[[str], None] = print) -> Rotation:
     """Rotate everything the tree in ``ctl``'s environment owns (see the module's docstring)."""
     started = time.monotonic()
-    done = Rotation(mysql=tree.start_mysql, redis=tree.start_redis)
+    # A password written in the DSN or URL is the operator's to change: one from a
+    # file there would go unused, and the old one stop working.
+    done = Rotation(
+        mysql=tree.start_mysql and urlsplit(tree.mysql_dsn).password is None,
+        redis=tree.start_redis and urlsplit(tree.redis_url).password is None,
+    )
     files = tree.secrets
     restarter = Restarter(tree, ctl)
     dsn = MysqlDsn.from_env(ctl.env)
     socket = dbsetup.socket_path(ctl.env)
     new_mysql, new_user, new_admin = (secrets.new_password() for _ in range(3))
 
-    if tree.start_mysql:
+    if done.mysql:
         old_mysql = secrets.read_secret(files.mysql)
         with dbsetup.admin_connect(socket) as conn:
             dbsetup.allow_passwords(conn, dsn, (old_mysql, new_mysql))
         secrets.write_private(files.mysql, new_mysql + "\n")
         log("MariaDB: the new password is accepted beside the old one")
-    if tree.start_redis:
+    if done.redis:
         old_user, old_admin = (
             secrets.read_secret(files.redis),
             secrets.read_secret(files.redis_admin),
@@ -164,11 +170,11 @@ def rotate(tree: TreeConfig, ctl: Supervisorctl, log: Callable[[str], None] = pr
     log("a new CA is trusted beside the old one; restarting every actor")
     done.restarted += restarter.restart_all(log)
 
-    if tree.start_mysql:
+    if done.mysql:
         with dbsetup.admin_connect(socket) as conn:
             dbsetup.ensure_account(conn, dsn, new_mysql)
         log("MariaDB: the old password is refused from now on")
-    if tree.start_redis:
+    if done.redis:
         with _redis_admin(tree) as client:
             _set_redis_users(tree, (new_user,), (new_admin,), client)
         log("Redis: the old passwords are refused from now on")
@@ -190,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     done = rotate(tree, ctl)
     if not (done.mysql and done.redis):
         print(
-            "servers of your own were left alone: change those passwords on the servers"
-            " and in USERHUB_MYSQL_DSN / USERHUB_REDIS_URL or the password files,"
-            " then `supervisorctl restart` the actors (docs/security.md, Credentials)"
+            "servers of your own, or passwords written in USERHUB_MYSQL_DSN /"
+            " USERHUB_REDIS_URL, were left alone: change those on the servers and where"
+            " the actors read them, then `supervisorctl restart` the actors one at a"
+            " time (docs/security.md, Credentials)"
         )
     print(f"credentials rotated in {done.seconds} s ({len(done.restarted)} restarts)")
     return 0
