@@ -41,10 +41,10 @@ class CacheWorker:
     def __init__(self, config: CacheWorkerConfig, life: Lifecycle) -> None:
         self.config = config
         self.redis = RedisLink(
-            config.redis.url,
+            config.redis_url,
             config.redis_pool_size,
-            username=config.redis.username,
-            password=config.redis.password,
+            username=config.redis_username,
+            password=config.redis_password,
         )
         self.cache = ProfileCache(self.redis, config.profile_ttl_s)
         self.throttle = ThrottleStore(self.redis)

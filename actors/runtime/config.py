@@ -395,27 +395,29 @@ class DbWorkerConfig:
 class CacheWorkerConfig:
     common: CommonConfig
     limits: WorkerLimits
-    redis: RedisTarget
+    redis_url: str
     redis_pool_size: int
     profile_ttl_s: int
     db_leases: int
     sessions: SessionPolicy
+    # AUTH's user and password when the URL carries none (RedisTarget.from_env).
+    redis_username: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls) -> CacheWorkerConfig:
+        redis = RedisTarget.from_env()
         return cls(
             common=CommonConfig.from_env(),
             limits=WorkerLimits.from_env(),
-            redis=RedisTarget.from_env(),
+            redis_url=redis.url,
             redis_pool_size=_env_int("USERHUB_REDIS_POOL_SIZE", 64),
             profile_ttl_s=_env_int("USERHUB_PROFILE_TTL_S", 24 * 3600),
             db_leases=_env_int("USERHUB_DB_LEASES", 4),
             sessions=SessionPolicy.from_env(),
+            redis_username=redis.username,
+            redis_password=redis.password,
         )
-
-    @property
-    def redis_url(self) -> str:
-        return self.redis.url
 
 
 @dataclass(frozen=True, slots=True)

@@ -162,7 +162,8 @@ def test_workers_read_their_passwords_from_the_files(
     (tmp_path / "secrets" / "redis-userhub.password").write_text("r-pw\n")
     assert DbWorkerConfig.from_env().mysql.password == "m-pw"
     cache = CacheWorkerConfig.from_env()
-    assert (cache.redis.username, cache.redis.password) == ("userhub", "r-pw")
+    assert (cache.redis_username, cache.redis_password) == ("userhub", "r-pw")
+    assert "r-pw" not in repr(cache)
     # Neither is in the environment the tree exports.
     assert "m-pw" not in str(config.TreeConfig.from_env().exports())
 
