@@ -107,9 +107,10 @@ class RedisLink:
         """Run ``write``, which replaces ``key``; if Redis refuses it for want of memory
         (maxmemory-policy noeviction), delete ``key`` instead and return None.
 
-        A refused write must not leave the copy it meant to replace (an old profile,
-        a live session after its log out) for any cache worker to serve: DEL is
-        never refused for memory, and after it a read goes to MySQL.
+        A refused write must not leave the copy it meant to replace (an old profile)
+        for any cache worker to serve: DEL is never refused for memory, and after it
+        a read goes to MySQL. (Tombstones are written by a script exempt from the
+        memory limit instead: a deleted session could be filled again.)
         """
 
         async def write_else_delete() -> Any:
