@@ -31,13 +31,18 @@ KEY_PATTERN = "uh:*"
 #: to actors/cache/ must be added here; tests/integration/test_lockdown.py fails on
 #: any command the tree's own traffic gets refused (ACL LOG).
 USERHUB_COMMANDS = (
-    "get",  # profiles (redis_fast, profile_cache), throttle counts (Lua)
+    "get",  # profiles (redis_fast, profile_cache), the boot epoch (Lua)
     "getex",  # a session read slides its idle expiry
-    "set",  # fills (NX), touches (XX), tombstones, set-if-newer (Lua)
-    "del",  # repair after a cut, cleared throttle counts (Lua)
-    "incr",  # throttle counts (Lua)
+    "set",  # fills (NX), tombstones, set-if-newer, the boot epoch (Lua)
+    "del",  # repair after a cut, settled throttle counts (Lua)
+    "exists",  # throttle counts (Lua)
+    "hget",  # throttle counts: a hash per key, count and blocked-until (Lua)
+    "hset",
+    "hincrby",
+    "hdel",
     "pexpire",  # the throttle window starts with the first failure (Lua)
     "pttl",  # how long until a throttle lifts (Lua)
+    "time",  # Redis's clock, for session fills and throttles (Lua)
     "evalsha",  # every script runs by its hash
     "script|load",  # redis-py loads a script Redis does not know yet
     "script|exists",  # ... and asks first, before a pipeline
