@@ -1,5 +1,5 @@
 # userhub: `make run` brings the whole tree up, `make test` proves it.
-.PHONY: run stop status test unit lint chaos fuzz bench bench-quick
+.PHONY: run stop status test unit lint chaos fuzz bench bench-quick rotate-credentials
 
 run:
 	@scripts/run.sh
@@ -9,6 +9,11 @@ stop:
 
 status:
 	@.venv/bin/supervisorctl status || true  # spares stay STOPPED until started
+
+# New MariaDB and Redis passwords and new actor certificates for the running tree,
+# applied without stopping it (docs/security.md, Credentials).
+rotate-credentials:
+	@bash -c '. scripts/env.sh && .venv/bin/python -m tools.rotate'
 
 test:
 	@scripts/setup.sh --browser

@@ -40,7 +40,12 @@ log = structlog.get_logger("cache_worker")
 class CacheWorker:
     def __init__(self, config: CacheWorkerConfig, life: Lifecycle) -> None:
         self.config = config
-        self.redis = RedisLink(config.redis_url, config.redis_pool_size)
+        self.redis = RedisLink(
+            config.redis_url,
+            config.redis_pool_size,
+            username=config.redis_username,
+            password=config.redis_password,
+        )
         self.cache = ProfileCache(self.redis, config.profile_ttl_s)
         self.throttle = ThrottleStore(self.redis)
         identity = credentials.identity(config.common, CACHE_WORKER)

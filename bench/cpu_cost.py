@@ -8,7 +8,8 @@ This reads each running program's user+system CPU seconds from /proc before and
 after an open-loop phase (bench.loadgen) and divides by the requests completed, so
 the figures add up to what one request costs the whole host, load tool included.
 Run it against the tree `make run` started (scripts/env.sh's environment); for
-profile_uncached flush Redis first (``redis-cli -p 6380 flushdb``).
+profile_uncached flush Redis first, as its admin user (docs/security.md, Credentials):
+``REDISCLI_AUTH="$(cat var/secrets/redis-admin.password)" redis-cli -p 6380 --user admin flushdb``.
 """
 
 from __future__ import annotations

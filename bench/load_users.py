@@ -27,11 +27,12 @@ from queue import Queue
 import pymysql
 
 from actors.db.passwords import make_hasher
-from actors.runtime.config import MysqlDsn, mysql_dsn
+from actors.runtime.config import MysqlDsn
 from bench.scenarios import BENCH_PASSWORD, TOKENS_FILE, bench_token, username_of
 from tools import dbsetup
 
 _HASHES = 4
+_ID_BATCH = 5000  # usernames looked up per query
 
 
 def connect(dsn: MysqlDsn) -> pymysql.Connection:
@@ -103,32 +104,37 @@ def load_users(dsn: MysqlDsn, total: int, chunk: int) -> dict[str, float]:
 
 
 def load_sessions(dsn: MysqlDsn, total_users: int, count: int, seed: int = 1) -> int:
-    """Give ``count`` users spread over all of them a session; tokens go to a file."""
+    """Give ``count`` users spread over all of them a session; tokens go to a file.
+
+    Only SELECT and INSERT: the benchmark connects as the service account, which
+    may not create even a temporary table.
+    """
     rng = random.Random(seed)
     picks = sorted(rng.sample(range(total_users), min(count, total_users)))
     now = time.time()
-    lines, tokens = [], []
-    for n, i in enumerate(picks):
-        token = bench_token(seed, n)
-        tokens.append(token)
-        digest = hashlib.sha256(_raw(token)).hexdigest()
-        lines.append(f"{username_of(i)}\t{digest}\n")
+    expires = now + 365 * 86400
+    names = [username_of(i) for i in picks]
+    tokens = [bench_token(seed, n) for n in range(len(picks))]
     conn = connect(dsn)
     cur = conn.cursor()
-    cur.execute(
-        "CREATE TEMPORARY TABLE bench_tokens"
-        " (username VARCHAR(30) CHARACTER SET ascii, token_hash CHAR(64) CHARACTER SET ascii)"
-    )
+    ids: dict[str, int] = {}
+    for start in range(0, len(names), _ID_BATCH):
+        batch = names[start : start + _ID_BATCH]
+        marks = ", ".join(["%s"] * len(batch))
+        cur.execute(f"SELECT username, id FROM users WHERE username IN ({marks})", batch)
+        ids.update((str(name), int(user_id)) for name, user_id in cur.fetchall())
     with tempfile.NamedTemporaryFile("w", suffix=".tsv") as f:
-        f.writelines(lines)
+        for name, token in zip(names, tokens, strict=True):
+            if name in ids:
+                digest = hashlib.sha256(_raw(token)).hexdigest()
+                f.write(f"{digest}\t{ids[name]}\t{now!r}\t{expires!r}\t{expires!r}\n")
         f.flush()
-        cur.execute("LOAD DATA LOCAL INFILE %s INTO TABLE bench_tokens", (f.name,))
-    cur.execute(
-        "INSERT IGNORE INTO sessions (token_hash, user_id, created_at, last_seen, expires_at)"
-        " SELECT UNHEX(t.token_hash), u.id, %s, %s, %s FROM bench_tokens t"
-        " JOIN users u ON u.username = t.username",
-        (now, now + 365 * 86400, now + 365 * 86400),
-    )
+        cur.execute(
+            "LOAD DATA LOCAL INFILE %s IGNORE INTO TABLE sessions"
+            " (@token_hash, user_id, created_at, last_seen, expires_at)"
+            " SET token_hash = UNHEX(@token_hash)",
+            (f.name,),
+        )
     TOKENS_FILE.parent.mkdir(parents=True, exist_ok=True)
     TOKENS_FILE.write_text("\n".join(tokens) + "\n")
     return len(tokens)
@@ -162,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=500_000)
     parser.add_argument("--sessions", type=int, default=200_000)
     args = parser.parse_args(argv)
-    dsn = MysqlDsn.parse(mysql_dsn())
-    dbsetup.apply_schema(dsn)
+    dsn = MysqlDsn.from_env()
+    dbsetup.ensure_schema(dsn)
     loaded = load_users(dsn, args.users, args.chunk)
     print(
         f"loaded {loaded['loaded']:,} users in {loaded['seconds']:.1f}s"

@@ -26,7 +26,7 @@ import uvloop
 from actors.cache.profile_cache import CachedSession, ProfileCache
 from actors.cache.redis_fast import FastRedis
 from actors.cache.redis_link import RedisLink
-from actors.runtime.config import redis_url
+from actors.runtime.config import RedisTarget
 from actors.wire import messages
 
 _KEY = "uh:bench:redis_paths"
@@ -49,10 +49,14 @@ async def _time(
     return (time.perf_counter() - wall) / done * 1e6, (time.process_time() - cpu) / done * 1e6
 
 
-async def compare(url: str, ops: int) -> list[dict[str, object]]:
-    client = aioredis.Redis.from_url(url, max_connections=64)
-    fast = FastRedis(url, connections=2)
-    await client.set(_KEY, b"1|" + b"x" * 120)
+async def compare(target: RedisTarget, ops: int) -> list[dict[str, object]]:
+    user, password = target.username, target.password
+    client = aioredis.Redis.from_url(
+        target.url, max_connections=64, driver_info=None, username=user, password=password
+    )
+    fast = FastRedis(target.url, connections=2, username=user, password=password)
+    # With a TTL, like every key userhub writes: a run cut short leaves nothing for good.
+    await client.set(_KEY, b"1|" + b"x" * 120, ex=600)
     rows: list[dict[str, object]] = []
     try:
         for at_once in (1, 64):
@@ -77,9 +81,9 @@ async def compare(url: str, ops: int) -> list[dict[str, object]]:
     return rows
 
 
-async def cached_read(url: str, ops: int) -> list[dict[str, object]]:
+async def cached_read(target: RedisTarget, ops: int) -> list[dict[str, object]]:
     """CPU and wall time per cached profile read (a hit), 1 and 64 at once."""
-    link = RedisLink(url, 8)
+    link = RedisLink(target.url, 8, username=target.username, password=target.password)
     cache = ProfileCache(link, 3600)
     user = messages.User(
         user_id=_USER_ID, username="bench", nickname="bench", avatar_key=None,
@@ -113,14 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--ops", type=int, default=20_000)
     args = p.parse_args(argv)
-    url = redis_url()
-    for row in uvloop.run(compare(url, max(640, args.ops))):
+    target = RedisTarget.from_env()
+    for row in uvloop.run(compare(target, max(640, args.ops))):
         print(
             f"{row['in_flight']:>3} in flight: redis-py {row['redis_py_cpu_us']} us CPU "
             f"({row['redis_py_wall_us']} us wall), lean {row['lean_cpu_us']} us CPU "
             f"({row['lean_wall_us']} us wall): {row['cpu_ratio_lean_vs_redis_py']} x the CPU"
         )
-    for row in uvloop.run(cached_read(url, max(640, args.ops))):
+    for row in uvloop.run(cached_read(target, max(640, args.ops))):
         print(
             f"{row['in_flight']:>3} in flight: cached profile read (hit) {row['cpu_us']} us CPU"
             f" ({row['wall_us']} us wall)"

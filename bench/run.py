@@ -35,6 +35,7 @@ import redis
 from actors.runtime.config import MysqlDsn, TreeConfig
 from bench import baselines, load_users, loadgen, plots, stages, sweeps
 from bench.report import write_report
+from tools import redis_acl
 from tools.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +63,12 @@ class Bench:
         self.host, self.port = self.tree.http_addr
         admin_host, admin_port = self.tree.admin_addr
         self.metrics_url = f"http://{admin_host}:{admin_port}/metrics"
-        self.redis = redis.Redis.from_url(self.tree.redis_url)
+        # FLUSHDB between phases is an administrator's command: the actors' Redis
+        # user may not run it (tools.redis_acl).
+        admin = redis_acl.admin_target(self.tree)
+        self.redis = redis.Redis.from_url(
+            admin.url, username=admin.username, password=admin.password
+        )
 
     def spec(self, scenario: str, port: int | None = None, **extra: object) -> dict[str, object]:
         return {
@@ -94,7 +100,7 @@ class Bench:
         report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         report["settings"] = {k: v for k, v in vars(a).items() if k != "out"}
         report["machine"] = {"cores": os.cpu_count()}
-        dsn = MysqlDsn.parse(self.tree.mysql_dsn)
+        dsn = MysqlDsn.from_env()
         if not a.skip_load:
             started = time.monotonic()
             loaded = load_users.load_users(dsn, a.users, a.chunk)

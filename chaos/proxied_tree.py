@@ -38,8 +38,10 @@ def proxied_tree(**overrides: str) -> Iterator[ProxiedTree]:
         env = {
             "USERHUB_REDIS_PORT": str(redis_port),
             "USERHUB_MYSQL_PORT": str(mysql_port),
-            "USERHUB_REDIS_URL": f"redis://127.0.0.1:{redis_proxy.addr[1]}/0",
-            "USERHUB_MYSQL_DSN": f"mysql://userhub:userhub@127.0.0.1:{mysql_proxy.addr[1]}/userhub",
+            # The accounts the private servers get; their passwords come from the
+            # tree's secret files, as with the default DSN and URL.
+            "USERHUB_REDIS_URL": f"redis://userhub@127.0.0.1:{redis_proxy.addr[1]}/0",
+            "USERHUB_MYSQL_DSN": f"mysql://userhub@127.0.0.1:{mysql_proxy.addr[1]}/userhub",
             "USERHUB_START_REDIS": "true",
             "USERHUB_START_MYSQL": "true",
             **overrides,

@@ -42,6 +42,7 @@ import redis
 from actors.runtime.config import (
     CacheWorkerConfig,
     MysqlDsn,
+    RedisTarget,
     TreeConfig,
     format_addr,
     parse_addr,
@@ -49,7 +50,8 @@ from actors.runtime.config import (
 from chaos import checker, faults, workload
 from chaos.proxied_tree import proxied_tree
 from chaos.proxy import RemoteProxy
-from tools import admin
+from tools import admin, redis_acl
+from tools.ports import listening
 from tools.supervisorctl import Supervisorctl, parse_status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,8 +107,8 @@ class Target:
     ctl: Callable[..., str]
     manager_addr: tuple[str, int]
     pki_dir: Path
-    mysql_dsn: str
-    redis_url: str
+    mysql: MysqlDsn  # the tree's own account: counting connections needs no privilege
+    redis: RedisTarget  # an account allowed INFO (the private Redis's admin)
     # "redis" / "mysql" -> the fault proxy between the workers and that server, if any
     proxies: dict[str, faults.ProxyControl] = field(default_factory=dict)
 
@@ -119,16 +121,15 @@ class Target:
             ctl=Supervisorctl.from_env().ctl,
             manager_addr=tree.manager_addr,
             pki_dir=tree.pki_dir,
-            mysql_dsn=tree.mysql_dsn,
-            redis_url=tree.redis_url,
+            mysql=MysqlDsn.from_env(),
+            redis=redis_acl.admin_target(tree),
         )
 
     def processes(self) -> dict[str, tuple[str, int]]:
         return parse_status(self.ctl("status"))
 
 
-def mysql_connections(dsn: str) -> int:
-    d = MysqlDsn.parse(dsn)
+def mysql_connections(d: MysqlDsn) -> int:
     conn = pymysql.connect(
         host=d.host, port=d.port, user=d.user, password=d.password, connect_timeout=3
     )
@@ -138,8 +139,10 @@ def mysql_connections(dsn: str) -> int:
     return int(row[1]) - 1 if row else -1  # not counting this probe
 
 
-def redis_connections(url: str) -> int:
-    client = redis.Redis.from_url(url, socket_timeout=3)
+def redis_connections(target: RedisTarget) -> int:
+    client = redis.Redis.from_url(
+        target.url, username=target.username, password=target.password, socket_timeout=3
+    )
     try:
         return int(client.info("clients")["connected_clients"]) - 1
     finally:
@@ -165,33 +168,13 @@ async def serving_again(target: Target, program: str, old_pid: int, killed_at: f
             if kind in ("db_worker", "cache_worker"):
                 serving = await _registered_ready(target, pid)
             elif kind == "gateway":
-                serving = _listening(pid, int(target.base_url.rsplit(":", 1)[1]))
+                serving = listening(pid, int(target.base_url.rsplit(":", 1)[1]))
             else:
                 serving = await _manager_answers(target)
             if serving:
                 return time.monotonic() - killed_at
         await asyncio.sleep(0.02)
     return float("inf")
-
-
-def _listening(pid: int, port: int) -> bool:
-    """Whether process ``pid`` holds a listening TCP socket on ``port`` (Linux /proc)."""
-    try:
-        inodes = {
-            os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1]
-            for fd in os.listdir(f"/proc/{pid}/fd")
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")
-        }
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-        lines += Path("/proc/net/tcp6").read_text().splitlines()[1:]
-    except OSError:
-        return False
-    for line in lines:
-        fields = line.split()
-        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-            if fields[9] in inodes:
-                return True
-    return False
 
 
 async def _registered_ready(target: Target, pid: int) -> bool:
@@ -245,8 +228,8 @@ async def run(
         # Connections are counted under the same load before and after the faults, once
         # every pool has grown to its working size; what remains above is a leak.
         await asyncio.sleep(WARM_UP_S)
-        before_mysql = await asyncio.to_thread(mysql_connections, target.mysql_dsn)
-        before_redis = await asyncio.to_thread(redis_connections, target.redis_url)
+        before_mysql = await asyncio.to_thread(mysql_connections, target.mysql)
+        before_redis = await asyncio.to_thread(redis_connections, target.redis)
         started = time.monotonic()
         order = list(KINDS)
         rng.shuffle(order)
@@ -279,8 +262,8 @@ async def run(
             origin=started,
         )
         await asyncio.sleep(WARM_UP_S)
-        after_mysql = await asyncio.to_thread(mysql_connections, target.mysql_dsn)
-        after_redis = await asyncio.to_thread(redis_connections, target.redis_url)
+        after_mysql = await asyncio.to_thread(mysql_connections, target.mysql)
+        after_redis = await asyncio.to_thread(redis_connections, target.redis)
         allowed_mysql, allowed_redis = await allowances(target)
         stop.set()
         await asyncio.gather(*clients)
@@ -355,8 +338,8 @@ def private_target() -> Iterator[Target]:
             ctl=tree.ctl,
             manager_addr=tree.manager_addr,
             pki_dir=tree.pki_dir,
-            mysql_dsn=tree.env["USERHUB_MYSQL_DSN"],
-            redis_url=tree.env["USERHUB_REDIS_URL"],
+            mysql=MysqlDsn.from_env(tree.env),
+            redis=redis_acl.admin_target(tree.config),
             proxies={"redis": proxied.redis, "mysql": proxied.mysql},
         )
 

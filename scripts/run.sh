@@ -9,6 +9,9 @@ scripts/setup.sh
 mkdir -p "$USERHUB_VAR"/{log,run,redis,avatars} "$PROMETHEUS_MULTIPROC_DIR"
 # The tree's CA and a certificate per kind of actor: made once, kept on later runs.
 .venv/bin/python -m tools.pki ensure "$USERHUB_PKI_DIR"
+# The private MariaDB's and Redis's passwords (var/secrets, 0600; kept on later
+# runs) and the Redis config file made from them.
+.venv/bin/python -m tools.secrets ensure
 ctl=(.venv/bin/supervisorctl -c supervisord.conf -s "unix://$USERHUB_VAR/run/supervisor.sock")
 
 if "${ctl[@]}" pid >/dev/null 2>&1; then

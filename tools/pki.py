@@ -3,16 +3,21 @@
     python -m tools.pki ensure DIR    make what is missing (what `make run` does)
     python -m tools.pki rotate DIR    a new CA and new certificates; the old CA stays
                                       trusted until the next rotation
+    python -m tools.pki stage DIR     a new CA in the bundle, certificates unchanged
+    python -m tools.pki reissue DIR   new certificates from the newest CA
     python -m tools.pki show DIR      each certificate: kind, expiry, fingerprint
 
 Keys are Ed25519, written 0600 in a 0700 directory and never committed. Each
 certificate names its kind in a ``userhub:kind:<kind>`` URI (actors.wire.identity),
 which is what a peer checks. ``ca.crt`` is the bundle every process trusts: after a
-rotation it holds the new CA and the one before it, so processes still running with
-the old certificates and those restarted with the new ones accept each other
-while the tree restarts one program at a time. The CA's key (``ca.key``) is needed
-only here; a host that runs actors needs ``ca.crt`` and the certificates of the
-kinds it runs, nothing else.
+rotation it holds the new CA and the one before it. A process reads the bundle when
+it starts, so one still running from before a rotation trusts only the old CA and
+refuses a peer restarted with a certificate of the new one. ``rotate`` is therefore
+for a tree restarted whole; under a running tree ``stage``, a restart of every
+program (now all trust both CAs), ``reissue`` and a second restart change the
+certificates with no refused link: tools.rotate does exactly that. The CA's key
+(``ca.key``) is needed only here; a host that runs actors needs ``ca.crt`` and the
+certificates of the kinds it runs, nothing else.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -84,7 +90,12 @@ def make_ca(directory: Path) -> None:
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "userhub"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"userhub tree CA {_now():%Y-%m-%d %H:%M:%S}"),
+            # Unique even for two CAs made within one second: TLS finds a certificate's
+            # issuer in the bundle by name, and the first of two alike would be taken.
+            x509.NameAttribute(
+                NameOID.COMMON_NAME,
+                f"userhub tree CA {_now():%Y-%m-%d %H:%M:%S} {os.urandom(4).hex()}",
+            ),
         ]
     )
     cert = (
@@ -181,13 +192,39 @@ def ensure(directory: Path, kinds: Iterable[str] = KINDS) -> list[str]:
     return made
 
 
-def rotate(directory: Path, kinds: Iterable[str] = KINDS) -> None:
-    """A new CA and a new certificate for every kind; the old CA stays trusted once."""
+def stage(directory: Path) -> None:
+    """A new CA, trusted beside the current one; certificates stay as they are."""
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     make_ca(directory)
+
+
+def staged(directory: Path, kinds: Iterable[str] = KINDS) -> bool:
+    """Whether a CA was staged and some certificate is not yet issued by it."""
+    ca = _current_ca(directory)
+    if ca is None:
+        return False
+    for kind in kinds:
+        path = directory / cert_file(kind)
+        if not path.is_file():
+            continue
+        try:  # by signature: two CAs made within one second have the same name
+            x509.load_pem_x509_certificate(path.read_bytes()).verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            return True
+    return False
+
+
+def reissue(directory: Path, kinds: Iterable[str] = KINDS) -> None:
+    """A new certificate for every kind, signed by the newest CA."""
     for kind in kinds:
         make_cert(directory, kind)
+
+
+def rotate(directory: Path, kinds: Iterable[str] = KINDS) -> None:
+    """A new CA and a new certificate for every kind; the old CA stays trusted once."""
+    stage(directory)
+    reissue(directory, kinds)
 
 
 def show(directory: Path) -> list[str]:
@@ -206,7 +243,7 @@ def show(directory: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.pki", description=__doc__)
-    parser.add_argument("command", choices=("ensure", "rotate", "show"))
+    parser.add_argument("command", choices=("ensure", "rotate", "stage", "reissue", "show"))
     parser.add_argument("directory", type=Path)
     args = parser.parse_args(argv)
     if args.command == "ensure":
@@ -216,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "rotate":
         rotate(args.directory)
         print(f"new CA and certificates in {args.directory}; restart the tree to use them")
+    elif args.command == "stage":
+        stage(args.directory)
+        print(f"new CA staged in {args.directory}; restart every program, then reissue")
+    elif args.command == "reissue":
+        reissue(args.directory)
+        print(f"new certificates in {args.directory}; restart every program to use them")
     else:
         print("\n".join(show(args.directory)))
     return 0

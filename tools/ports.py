@@ -6,7 +6,9 @@ there is one way to pick a port and one place that says what it promises.
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -19,3 +21,27 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def listening(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a listening TCP socket on ``port`` (Linux /proc).
+
+    With SO_REUSEPORT several processes listen on one port; this tells whether a
+    given one (a gateway just restarted) is among them.
+    """
+    try:
+        inodes = {
+            os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1]
+            for fd in os.listdir(f"/proc/{pid}/fd")
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")
+        }
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        lines += Path("/proc/net/tcp6").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            if fields[9] in inodes:
+                return True
+    return False

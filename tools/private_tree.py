@@ -37,9 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from actors.runtime.config import TreeConfig
+from actors.runtime.config import SecretFiles, TreeConfig
 from actors.wire import messages
-from tools import admin, pki
+from tools import admin, pki, secrets
 from tools.ports import free_port
 from tools.supervisorctl import CONF, ROOT, VENV_BIN, Supervisorctl, wait_until
 
@@ -119,6 +119,14 @@ def tree_env(
             raise ValueError(f"an actors-only tree needs {' and '.join(missing)} to point at")
         env = {k: v for k, v in base.items() if k not in _TREE_KEYS}
         env.update(USERHUB_START_MYSQL="false", USERHUB_START_REDIS="false")
+        # The servers' passwords stay where the caller's tree keeps them, whatever
+        # this tree's own var dir.
+        files = SecretFiles.from_env(base)
+        env.update(
+            USERHUB_SECRETS_DIR=str(files.directory),
+            USERHUB_MYSQL_PASSWORD_FILE=str(files.mysql),
+            USERHUB_REDIS_PASSWORD_FILE=str(files.redis),
+        )
     env.update(
         USERHUB_VAR=str(var),
         USERHUB_MANAGER_ADDR=f"127.0.0.1:{free_port()}",
@@ -215,6 +223,7 @@ class PrivateTree(Supervisorctl):
             (self.var / sub).mkdir(parents=True, exist_ok=True)
         self.config.metrics_dir.mkdir(parents=True, exist_ok=True)
         pki.ensure(self.pki_dir)
+        secrets.ensure(self.config)  # the servers' passwords and the Redis config file
         if self.config.start_mysql:
             self._dbsetup("init", timeout=120)
         started = time.monotonic()

@@ -155,6 +155,15 @@ return 1
 """
 
 
+# A tombstone: written even when Redis is full. Under noeviction a full Redis refuses
+# writes, and a refused tombstone would leave the live copy; allow-oom exempts this
+# script (a tombstone is small, and lives the idle timeout at most).
+_TOMBSTONE = """#!lua flags=allow-oom
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
 _user_encoder = msgspec.json.Encoder()
 _user_decoder = msgspec.json.Decoder(messages.User)
 
@@ -191,6 +200,7 @@ class ProfileCache:
         self._read_script = self._redis.register_script(_READ_PROFILE)
         self._fill_script = self._redis.register_script(_FILL_SESSION)
         self._touch_script = self._redis.register_script(_TOUCH_SESSION)
+        self._tombstone_script = self._redis.register_script(_TOMBSTONE)
         self._dirty_users: dict[int, None] = {}  # insertion-ordered: oldest first
         self._dirty_sessions: dict[str, int] = {}  # token hash -> tombstone TTL
         link.on_repair(self._repair)
@@ -278,7 +288,8 @@ class ProfileCache:
         live copy. The tombstone is remembered for the repair all the same."""
         ttl = _idle_ttl(idle_s)
         try:
-            await self._call(lambda: self._redis.set(_skey(token_hash), REVOKED, ex=ttl))
+            script, key = self._tombstone_script, _skey(token_hash)
+            await self._call(lambda: self._eval(script, key, REVOKED, ttl))
         except CacheUnavailable:
             _remember(self._dirty_sessions, token_hash, ttl)
             raise
@@ -304,7 +315,9 @@ class ProfileCache:
         """Store ``user`` unless the cache already holds this version or a newer one."""
         value = str(user.version).encode() + b"|" + _user_encoder.encode(user)
         try:
-            done = await self._call(lambda: self._put_profile(user.user_id, value, user.version))
+            done = await self._link.write_or_drop(
+                _ukey(user.user_id), lambda: self._put_profile(user.user_id, value, user.version)
+            )
         except CacheUnavailable:
             # Redis may still hold an older copy (a cut, not a restart): repair it later.
             _remember(self._dirty_users, user.user_id, None)

@@ -117,14 +117,23 @@ class _RespConnection(asyncio.Protocol):
 class FastRedis:
     """A handful of pipelined connections to one Redis, for simple commands."""
 
-    def __init__(self, url: str, connections: int = 2, timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        connections: int = 2,
+        timeout: float = 1.0,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        """``username`` and ``password`` apply when the URL carries none, as in redis-py."""
         parts = urlsplit(url)
         if parts.scheme not in ("redis", ""):
             raise ValueError("the fast path speaks plain redis:// only")
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or 6379
-        self._password = unquote(parts.password) if parts.password else None
-        self._username = unquote(parts.username) if parts.username else None
+        self._password = unquote(parts.password) if parts.password else password
+        self._username = unquote(parts.username) if parts.username else username
         self._db = int(parts.path.lstrip("/") or 0)
         self._timeout = timeout
         self._slots: list[_RespConnection | None] = [None] * max(1, connections)
@@ -162,6 +171,7 @@ class FastRedis:
 
     async def _open(self) -> _RespConnection:
         loop = asyncio.get_running_loop()
+        conn: _RespConnection | None = None
         try:
             async with asyncio.timeout(self._timeout):
                 _, conn = await loop.create_connection(_RespConnection, self._host, self._port)
@@ -170,8 +180,13 @@ class FastRedis:
                     await conn.send(pack(("AUTH", *auth)))
                 if self._db:
                     await conn.send(pack(("SELECT", self._db)))
-        except (OSError, TimeoutError) as exc:
-            raise RedisConnectionError(f"cannot connect to Redis: {exc!r}") from None
+        except (OSError, TimeoutError, ResponseError) as exc:
+            # A refused AUTH (WRONGPASS) is as unusable as no connection at all, and
+            # the socket must not be left open behind it.
+            if conn is not None:
+                conn.abort("set-up failed")
+            detail = str(exc) or type(exc).__name__  # a timeout says nothing of itself
+            raise RedisConnectionError(f"cannot connect to Redis: {detail}") from None
         return conn
 
     def close(self) -> None:

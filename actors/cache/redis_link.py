@@ -25,7 +25,7 @@ import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.cache.redis_fast import FastRedis
@@ -40,9 +40,23 @@ RepairHook = Callable[[aioredis.Redis], Awaitable[None]]
 
 
 class RedisLink:
-    def __init__(self, url: str, pool_size: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        pool_size: int,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        # Credentials in the URL win over ``username`` and ``password`` (which come
+        # from a file: actors.runtime.config.RedisTarget), on both clients alike.
         self.redis = aioredis.Redis.from_url(
             url,
+            username=username,
+            password=password,
+            # No CLIENT SETINFO on connect: the ACL user grants only the commands
+            # userhub runs (tools.redis_acl), and that one is not among them.
+            driver_info=None,
             max_connections=pool_size,
             socket_timeout=1.0,
             socket_connect_timeout=1.0,
@@ -52,7 +66,9 @@ class RedisLink:
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         try:
-            self.fast: FastRedis | None = FastRedis(url, connections=2, timeout=1.0)
+            self.fast: FastRedis | None = FastRedis(
+                url, connections=2, timeout=1.0, username=username, password=password
+            )
         except ValueError:
             self.fast = None
         self.breaker = Breaker()  # open until a probe finds Redis back
@@ -87,6 +103,28 @@ class RedisLink:
         except RedisError as exc:
             raise CacheUnavailable(f"Redis failed: {exc}") from None
 
+    async def write_or_drop(self, key: str, write: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``write``, which replaces ``key``; if Redis refuses it for want of memory
+        (maxmemory-policy noeviction), delete ``key`` instead and return None.
+
+        A refused write must not leave the copy it meant to replace (an old profile)
+        for any cache worker to serve: DEL is never refused for memory, and after it
+        a read goes to MySQL. (Tombstones are written by a script exempt from the
+        memory limit instead: a deleted session could be filled again.)
+        """
+
+        async def write_else_delete() -> Any:
+            try:
+                return await write()
+            except RedisError as exc:
+                if not out_of_memory(exc):
+                    raise
+            log.warning("cache_full_key_dropped", key_kind=key[:5])
+            await self.redis.delete(key)
+            return None
+
+        return await self.call(write_else_delete)
+
     def read(self, *args: Any) -> Awaitable[Any]:
         """A plain command on the lean path when there is one."""
         if self.fast is not None:
@@ -114,3 +152,8 @@ class RedisLink:
             self.breaker.close()
             log.info("cache_circuit_closed", down_s=round(time.monotonic() - started, 3))
             return
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Redis refused a write because it is full (``-OOM``; from a script, too)."""
+    return isinstance(exc, OutOfMemoryError) or str(exc).startswith("OOM ")

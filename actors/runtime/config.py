@@ -18,7 +18,7 @@ import pwd
 import shlex
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -122,16 +122,76 @@ def pki_dir(environ: Mapping[str, str] | None = None) -> Path:
     return Path(_env("USERHUB_PKI_DIR", str(var_dir(environ) / "pki"), environ))
 
 
+def secrets_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where set-up keeps the private servers' passwords (tools.secrets makes them)."""
+    return Path(_env("USERHUB_SECRETS_DIR", str(var_dir(environ) / "secrets"), environ))
+
+
 def mysql_dsn(environ: Mapping[str, str] | None = None) -> str:
-    """USERHUB_MYSQL_DSN, else the private MariaDB on USERHUB_MYSQL_PORT."""
+    """USERHUB_MYSQL_DSN, else the private MariaDB on USERHUB_MYSQL_PORT.
+
+    The default names the account but carries no password: that is read from
+    USERHUB_MYSQL_PASSWORD_FILE (MysqlDsn.from_env), so it never sits in an
+    environment that every child process inherits.
+    """
     port = _env_int("USERHUB_MYSQL_PORT", DEFAULT_MYSQL_PORT, environ)
-    return _env("USERHUB_MYSQL_DSN", f"mysql://userhub:userhub@127.0.0.1:{port}/userhub", environ)
+    return _env("USERHUB_MYSQL_DSN", f"mysql://userhub@127.0.0.1:{port}/userhub", environ)
 
 
 def redis_url(environ: Mapping[str, str] | None = None) -> str:
-    """USERHUB_REDIS_URL, else the private Redis on USERHUB_REDIS_PORT."""
+    """USERHUB_REDIS_URL, else the private Redis on USERHUB_REDIS_PORT (its ACL user
+    ``userhub``; the password comes from USERHUB_REDIS_PASSWORD_FILE, RedisTarget)."""
     port = _env_int("USERHUB_REDIS_PORT", DEFAULT_REDIS_PORT, environ)
-    return _env("USERHUB_REDIS_URL", f"redis://127.0.0.1:{port}/0", environ)
+    return _env("USERHUB_REDIS_URL", f"redis://userhub@127.0.0.1:{port}/0", environ)
+
+
+# The file names set-up gives the secrets it makes under secrets_dir().
+MYSQL_PASSWORD_NAME = "mysql-userhub.password"
+REDIS_PASSWORD_NAME = "redis-userhub.password"
+REDIS_ADMIN_PASSWORD_NAME = "redis-admin.password"
+REDIS_CONF_NAME = "redis.conf"  # supervisord.conf names it too
+
+
+@dataclass(frozen=True, slots=True)
+class SecretFiles:
+    """Where the passwords of the private MariaDB and Redis are kept.
+
+    ``mysql`` and ``redis`` are what the actors read when their DSN or URL carries
+    no password; ``redis_admin`` (the Redis user that may do anything) and the
+    Redis config file made from these (``redis_conf``) are for set-up and tools.
+    """
+
+    directory: Path
+    mysql: Path
+    redis: Path
+    redis_admin: Path
+    redis_conf: Path
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SecretFiles:
+        directory = secrets_dir(environ)
+        return cls(
+            directory=directory,
+            mysql=Path(
+                _env("USERHUB_MYSQL_PASSWORD_FILE", str(directory / MYSQL_PASSWORD_NAME), environ)
+            ),
+            redis=Path(
+                _env("USERHUB_REDIS_PASSWORD_FILE", str(directory / REDIS_PASSWORD_NAME), environ)
+            ),
+            redis_admin=directory / REDIS_ADMIN_PASSWORD_NAME,
+            redis_conf=directory / REDIS_CONF_NAME,
+        )
+
+
+def read_password(path: Path) -> str | None:
+    """The password kept in ``path`` (surrounding white space dropped); None if there
+    is no such file. A server that needs a password then refuses the connection,
+    which says more than a guess here could."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    return text.strip()
 
 
 def worker_port(environ: Mapping[str, str] | None = None) -> int:
@@ -165,21 +225,59 @@ class MysqlDsn:
     host: str
     port: int
     user: str
-    password: str
+    password: str = field(repr=False)  # kept out of any log line that prints the config
     database: str
 
     @classmethod
-    def parse(cls, dsn: str) -> MysqlDsn:
+    def parse(cls, dsn: str, password_file: Path | None = None) -> MysqlDsn:
+        """``dsn`` split up. A DSN with a password of its own (a server you run
+        yourself) is used as it is; one without takes it from ``password_file``."""
         parts = urlsplit(dsn)
         if parts.scheme not in ("mysql", "mariadb"):
             raise ValueError("USERHUB_MYSQL_DSN must look like mysql://user:pass@host:port/db")
+        password = unquote(parts.password) if parts.password is not None else None
+        if password is None and password_file is not None:
+            password = read_password(password_file)
         return cls(
             host=parts.hostname or "127.0.0.1",
             port=parts.port or 3306,
             user=unquote(parts.username or "root"),
-            password=unquote(parts.password or ""),
+            password=password or "",
             database=parts.path.lstrip("/") or "userhub",
         )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> MysqlDsn:
+        """The DSN this environment names, with its password (USERHUB_MYSQL_PASSWORD_FILE)."""
+        return cls.parse(mysql_dsn(environ), SecretFiles.from_env(environ).mysql)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """A Redis URL and the credentials to present there (AUTH user password).
+
+    As with MysqlDsn, a URL with a password of its own is used as it is; one without
+    takes it from a file (USERHUB_REDIS_PASSWORD_FILE). The user is the URL's
+    (``redis://userhub@host:port/0``); without one, AUTH names Redis's ``default``.
+    """
+
+    url: str
+    username: str | None
+    password: str | None = field(repr=False)
+
+    @classmethod
+    def parse(cls, url: str, password_file: Path | None = None) -> RedisTarget:
+        parts = urlsplit(url)
+        password = unquote(parts.password) if parts.password is not None else None
+        if password is None and password_file is not None:
+            password = read_password(password_file)
+        username = unquote(parts.username) if parts.username else None
+        return cls(url=url, username=username, password=password)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RedisTarget:
+        """The URL this environment names, with its password (USERHUB_REDIS_PASSWORD_FILE)."""
+        return cls.parse(redis_url(environ), SecretFiles.from_env(environ).redis)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +377,7 @@ class DbWorkerConfig:
         return cls(
             common=CommonConfig.from_env(),
             limits=WorkerLimits.from_env(),
-            mysql=MysqlDsn.parse(mysql_dsn()),
+            mysql=MysqlDsn.from_env(),
             pool_wanted=_env_int("USERHUB_DB_POOL_SIZE", 128),
             # One hashing thread per core across the host's db_workers: more only
             # makes the hashes fight over caches and memory bandwidth.
@@ -302,17 +400,23 @@ class CacheWorkerConfig:
     profile_ttl_s: int
     db_leases: int
     sessions: SessionPolicy
+    # AUTH's user and password when the URL carries none (RedisTarget.from_env).
+    redis_username: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls) -> CacheWorkerConfig:
+        redis = RedisTarget.from_env()
         return cls(
             common=CommonConfig.from_env(),
             limits=WorkerLimits.from_env(),
-            redis_url=redis_url(),
+            redis_url=redis.url,
             redis_pool_size=_env_int("USERHUB_REDIS_POOL_SIZE", 64),
             profile_ttl_s=_env_int("USERHUB_PROFILE_TTL_S", 24 * 3600),
             db_leases=_env_int("USERHUB_DB_LEASES", 4),
             sessions=SessionPolicy.from_env(),
+            redis_username=redis.username,
+            redis_password=redis.password,
         )
 
 
@@ -424,6 +528,7 @@ class TreeConfig:
     root: Path
     var_dir: Path
     pki_dir: Path
+    secrets: SecretFiles  # the private servers' passwords (tools.secrets)
     python: Path  # the interpreter supervisord starts the actors with
     os_user: str
     mysql_port: int  # the private MariaDB's, whichever DSN the workers use
@@ -455,6 +560,7 @@ class TreeConfig:
             root=root,
             var_dir=var,
             pki_dir=pki_dir(env),
+            secrets=SecretFiles.from_env(env),
             python=Path(_env("USERHUB_PYTHON", str(root / ".venv" / "bin" / "python"), env)),
             os_user=_env("USERHUB_OS_USER", _os_user(), env),
             mysql_port=_env_int("USERHUB_MYSQL_PORT", DEFAULT_MYSQL_PORT, env),
@@ -482,6 +588,11 @@ class TreeConfig:
             "USERHUB_ROOT": str(self.root),
             "USERHUB_VAR": str(self.var_dir),
             "USERHUB_PKI_DIR": str(self.pki_dir),
+            # Where the passwords are, never what they are: an actors-only tree in
+            # another var dir still finds them.
+            "USERHUB_SECRETS_DIR": str(self.secrets.directory),
+            "USERHUB_MYSQL_PASSWORD_FILE": str(self.secrets.mysql),
+            "USERHUB_REDIS_PASSWORD_FILE": str(self.secrets.redis),
             "USERHUB_PYTHON": str(self.python),
             "USERHUB_OS_USER": self.os_user,
             "USERHUB_MYSQL_PORT": str(self.mysql_port),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from actors.runtime.config import MysqlDsn
 from chaos import run as chaos_run
 from tests.integration.tree import Tree
+from tools import redis_acl
 
 pytestmark = pytest.mark.integration
 
@@ -16,8 +18,8 @@ async def test_short_chaos_run_loses_nothing(tree: Tree) -> None:
         ctl=tree.ctl,
         manager_addr=tree.manager_addr,
         pki_dir=tree.pki_dir,
-        mysql_dsn=tree.env["USERHUB_MYSQL_DSN"],
-        redis_url=tree.env["USERHUB_REDIS_URL"],
+        mysql=MysqlDsn.from_env(tree.env),
+        redis=redis_acl.admin_target(tree.config),
     )
     report = await chaos_run.run(target, duration=22, interval=4, users=8, seed=7)
     assert report["kinds_killed"] == sorted(chaos_run.KINDS), report["killed"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
+from actors.runtime.config import MysqlDsn
 from actors.web.views import PUBLIC_MESSAGES
 from chaos.run import mysql_connections
 from tests.integration.fault_proxy import ProxiedTree, proxied_tree
@@ -284,7 +285,7 @@ async def test_mysql_restarted_under_load_fails_fast_and_recovers(
     assert load.failed(back_at + recovery + 0.5) == [], summary(load.failed(back_at + recovery))
     # No connection leaked: MariaDB holds at most what the live db_workers were granted.
     granted = tree.workers().mysql_granted
-    connected = await asyncio.to_thread(mysql_connections, tree.env["USERHUB_MYSQL_DSN"])
+    connected = await asyncio.to_thread(mysql_connections, MysqlDsn.from_env(tree.env))
     assert 0 < connected <= granted
 
 

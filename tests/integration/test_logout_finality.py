@@ -40,6 +40,7 @@ from actors.wire.errors import CacheUnavailable, Unauthenticated
 from actors.wire.server import Envelope
 from tests.integration.fault_proxy import ProxiedTree, proxied_tree
 from tests.integration.pages import csrf_tokens, form_log_in, page_token
+from tools import redis_acl
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +62,8 @@ async def client(proxied: ProxiedTree) -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def direct_redis_url(proxied: ProxiedTree) -> str:
-    """The tree's Redis URL (credentials included) with the proxy's port replaced by Redis's."""
+    """The tree's Redis URL (its user; the password comes from the tree's file) with the
+    proxy's port replaced by Redis's."""
     parts = urlsplit(proxied.tree.env["USERHUB_REDIS_URL"])
     host = parts.netloc.rpartition(":")[0]
     return urlunsplit(parts._replace(netloc=f"{host}:{proxied.tree.env['USERHUB_REDIS_PORT']}"))
@@ -69,8 +71,9 @@ def direct_redis_url(proxied: ProxiedTree) -> str:
 
 @pytest.fixture
 async def raw(proxied: ProxiedTree) -> AsyncIterator[aioredis.Redis]:
-    """What is really in Redis, past the proxy."""
-    client = aioredis.Redis.from_url(direct_redis_url(proxied))
+    """What is really in Redis, past the proxy (as its admin user)."""
+    admin = redis_acl.admin_target(proxied.tree.config)
+    client = aioredis.Redis.from_url(admin.url, username=admin.username, password=admin.password)
     yield client
     await client.aclose()
 

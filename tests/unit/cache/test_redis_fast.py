@@ -25,6 +25,8 @@ class FakeRedis:
         self.connections = 0
         self.writers: list[asyncio.StreamWriter] = []
         self.received = asyncio.Event()  # set whenever a command arrives
+        self.ended = 0  # connections the client closed
+        self.end = asyncio.Event()  # set whenever one is
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -39,6 +41,8 @@ class FakeRedis:
                 if answer is not None:
                     writer.write(answer)
         writer.close()
+        self.ended += 1
+        self.end.set()
 
 
 # Starts a FakeRedis answering with the given Reply: (the server, its redis:// URL).
@@ -135,6 +139,43 @@ async def test_password_and_database_are_sent_first(serve: Serve) -> None:
     client = FastRedis(url.replace("redis://", "redis://user:s%40cret@").replace("/0", "/3"))
     assert await client.execute("GET", "k") == b"k"
     assert fake.commands[:3] == [[b"AUTH", b"user", b"s@cret"], [b"SELECT", b"3"], [b"GET", b"k"]]
+    client.close()
+
+
+async def test_credentials_from_a_file_are_sent_when_the_url_has_none(serve: Serve) -> None:
+    fake, url = await serve(echo_get)
+    client = FastRedis(url.replace("redis://", "redis://userhub@"), password="from-file")
+    assert await client.execute("GET", "k") == b"k"
+    assert fake.commands[:2] == [[b"AUTH", b"userhub", b"from-file"], [b"GET", b"k"]]
+    client.close()
+
+
+async def test_the_urls_own_password_wins(serve: Serve) -> None:
+    fake, url = await serve(echo_get)
+    client = FastRedis(url.replace("redis://", "redis://ops:own@"), username="u", password="p")
+    assert await client.execute("GET", "k") == b"k"
+    assert fake.commands[0] == [b"AUTH", b"ops", b"own"]
+    client.close()
+
+
+async def test_a_refused_password_is_a_connection_error_and_closes_the_socket(
+    serve: Serve,
+) -> None:
+    def refuse_auth(command: list[bytes]) -> bytes:
+        if command[0] == b"AUTH":
+            return b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+        return echo_get(command)
+
+    fake, url = await serve(refuse_auth)
+    client = FastRedis(url, connections=1, username="userhub", password="old")
+    for _ in range(3):
+        with pytest.raises(RedisConnectionError, match="WRONGPASS"):
+            await client.execute("GET", "k")
+    assert fake.commands == [[b"AUTH", b"userhub", b"old"]] * 3  # GET never sent
+    async with asyncio.timeout(5):  # every refused connection was closed from our side
+        while fake.ended < 3:
+            await fake.end.wait()
+            fake.end.clear()
     client.close()
 
 

@@ -15,6 +15,8 @@ from actors.runtime.config import (
     GatewayConfig,
     ManagerConfig,
     MysqlDsn,
+    RedisTarget,
+    SecretFiles,
     parse_addr,
 )
 
@@ -90,6 +92,82 @@ def test_mysql_dsn_rejects_other_schemes(text: str) -> None:
         MysqlDsn.parse(text)
 
 
+# -- passwords from files ---------------------------------------------------------------------
+
+
+def test_a_dsn_without_a_password_takes_the_files(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret-from-file\n")  # as `echo` writes it: the newline is not part of it
+    dsn = MysqlDsn.parse("mysql://userhub@127.0.0.1:3307/userhub", secret)
+    assert dsn == MysqlDsn("127.0.0.1", 3307, "userhub", "s3cret-from-file", "userhub")
+
+
+def test_a_dsn_with_a_password_of_its_own_ignores_the_file(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("from-file")
+    assert MysqlDsn.parse("mysql://svc:own@db:3306/users", secret).password == "own"
+    # An empty password written in the DSN is still the DSN's own.
+    assert MysqlDsn.parse("mysql://svc:@db:3306/users", secret).password == ""
+
+
+def test_a_missing_password_file_means_no_password(tmp_path: Path) -> None:
+    assert MysqlDsn.parse("mysql://svc@db/users", tmp_path / "absent").password == ""
+    assert config.read_password(tmp_path / "absent") is None
+
+
+def test_the_password_never_shows_in_a_repr(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("do-not-log-me")
+    dsn = MysqlDsn.parse("mysql://svc@db/users", secret)
+    target = RedisTarget.parse("redis://userhub@r:6379/0", secret)
+    assert dsn.password == target.password == "do-not-log-me"
+    assert "do-not-log-me" not in repr(dsn) + repr(target)
+
+
+def test_a_redis_url_without_a_password_takes_the_files(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("r-pass\n")
+    target = RedisTarget.parse("redis://userhub@127.0.0.1:6380/0", secret)
+    assert (target.username, target.password) == ("userhub", "r-pass")
+    assert target.url == "redis://userhub@127.0.0.1:6380/0"
+    own = RedisTarget.parse("redis://ops:their%40pw@cache:6379/1", secret)
+    assert (own.username, own.password) == ("ops", "their@pw")
+    bare = RedisTarget.parse("redis://cache:6379/0", tmp_path / "absent")
+    assert (bare.username, bare.password) == (None, None)
+
+
+def test_the_password_files_follow_the_var_dir_and_their_settings(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clean_env.setenv("USERHUB_VAR", str(tmp_path))
+    files = SecretFiles.from_env()
+    assert files.directory == tmp_path / "secrets"
+    assert files.mysql == tmp_path / "secrets" / "mysql-userhub.password"
+    assert files.redis == tmp_path / "secrets" / "redis-userhub.password"
+    assert files.redis_admin == tmp_path / "secrets" / "redis-admin.password"
+    assert files.redis_conf == tmp_path / "secrets" / "redis.conf"
+    clean_env.setenv("USERHUB_SECRETS_DIR", str(tmp_path / "elsewhere"))
+    clean_env.setenv("USERHUB_MYSQL_PASSWORD_FILE", "/run/keys/mysql")
+    files = SecretFiles.from_env()
+    assert files.redis == tmp_path / "elsewhere" / "redis-userhub.password"
+    assert files.mysql == Path("/run/keys/mysql")
+
+
+def test_workers_read_their_passwords_from_the_files(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clean_env.setenv("USERHUB_VAR", str(tmp_path))
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "mysql-userhub.password").write_text("m-pw\n")
+    (tmp_path / "secrets" / "redis-userhub.password").write_text("r-pw\n")
+    assert DbWorkerConfig.from_env().mysql.password == "m-pw"
+    cache = CacheWorkerConfig.from_env()
+    assert (cache.redis_username, cache.redis_password) == ("userhub", "r-pw")
+    assert "r-pw" not in repr(cache)
+    # Neither is in the environment the tree exports.
+    assert "m-pw" not in str(config.TreeConfig.from_env().exports())
+
+
 # -- defaults from the environment ----------------------------------------------------------
 
 
@@ -151,9 +229,10 @@ def test_manager_defaults_and_overrides(clean_env: pytest.MonkeyPatch) -> None:
     )
 
 
-def test_db_worker_defaults(clean_env: pytest.MonkeyPatch) -> None:
+def test_db_worker_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setenv("USERHUB_VAR", str(tmp_path))  # no password file there
     db = DbWorkerConfig.from_env()
-    assert db.mysql == MysqlDsn("127.0.0.1", 3307, "userhub", "userhub", "userhub")
+    assert db.mysql == MysqlDsn("127.0.0.1", 3307, "userhub", "", "userhub")
     assert db.pool_wanted == 128
     assert db.hash_threads >= 1
     assert db.hash_queue == 256
@@ -172,7 +251,7 @@ def test_db_worker_dsn_from_env(clean_env: pytest.MonkeyPatch) -> None:
 
 def test_cache_worker_defaults(clean_env: pytest.MonkeyPatch) -> None:
     cache = CacheWorkerConfig.from_env()
-    assert cache.redis_url == "redis://127.0.0.1:6380/0"
+    assert cache.redis_url == "redis://userhub@127.0.0.1:6380/0"
     assert cache.redis_pool_size == 64
     assert cache.profile_ttl_s == 24 * 3600
     assert cache.db_leases == 4

@@ -17,7 +17,9 @@ ROOT = config.REPO_ROOT
 
 #: What scripts/env.sh exports, in its order.
 EXPORTED = [
-    "USERHUB_ROOT", "USERHUB_VAR", "USERHUB_PKI_DIR", "USERHUB_PYTHON", "USERHUB_OS_USER",
+    "USERHUB_ROOT", "USERHUB_VAR", "USERHUB_PKI_DIR", "USERHUB_SECRETS_DIR",
+    "USERHUB_MYSQL_PASSWORD_FILE", "USERHUB_REDIS_PASSWORD_FILE", "USERHUB_PYTHON",
+    "USERHUB_OS_USER",
     "USERHUB_MYSQL_PORT", "USERHUB_REDIS_PORT", "USERHUB_MYSQL_DSN", "USERHUB_START_MYSQL",
     "USERHUB_REDIS_URL", "USERHUB_START_REDIS", "USERHUB_REDIS_MAXMEMORY",
     "USERHUB_INNODB_BUFFER_POOL", "USERHUB_MANAGER_ADDR", "USERHUB_HTTP_ADDR",
@@ -53,8 +55,11 @@ def test_defaults() -> None:
     assert tree.var_dir == ROOT / "var"
     assert tree.python == ROOT / ".venv" / "bin" / "python"
     assert (tree.mysql_port, tree.redis_port) == (3307, 6380)
-    assert tree.mysql_dsn == "mysql://userhub:userhub@127.0.0.1:3307/userhub"
-    assert tree.redis_url == "redis://127.0.0.1:6380/0"
+    # The accounts, never their passwords: those are in files under var/secrets.
+    assert tree.mysql_dsn == "mysql://userhub@127.0.0.1:3307/userhub"
+    assert tree.redis_url == "redis://userhub@127.0.0.1:6380/0"
+    assert tree.secrets.directory == ROOT / "var" / "secrets"
+    assert tree.secrets.mysql == ROOT / "var" / "secrets" / "mysql-userhub.password"
     assert (tree.start_mysql, tree.start_redis) == (True, True)
     assert (tree.redis_maxmemory, tree.innodb_buffer_pool) == ("2gb", "4G")
     assert tree.manager_addr == ("127.0.0.1", 7400)
@@ -68,8 +73,8 @@ def test_defaults() -> None:
 
 def test_the_dsn_and_url_follow_the_private_ports() -> None:
     tree = TreeConfig.from_env(clean(USERHUB_MYSQL_PORT="4406", USERHUB_REDIS_PORT="6499"))
-    assert tree.mysql_dsn == "mysql://userhub:userhub@127.0.0.1:4406/userhub"
-    assert tree.redis_url == "redis://127.0.0.1:6499/0"
+    assert tree.mysql_dsn == "mysql://userhub@127.0.0.1:4406/userhub"
+    assert tree.redis_url == "redis://userhub@127.0.0.1:6499/0"
 
 
 def test_the_workers_dsn_follows_the_port_too(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -78,7 +83,7 @@ def test_the_workers_dsn_follows_the_port_too(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("USERHUB_MYSQL_PORT", "4406")
     monkeypatch.setenv("USERHUB_REDIS_PORT", "6499")
     assert DbWorkerConfig.from_env().mysql.port == 4406
-    assert CacheWorkerConfig.from_env().redis_url == "redis://127.0.0.1:6499/0"
+    assert CacheWorkerConfig.from_env().redis_url == "redis://userhub@127.0.0.1:6499/0"
 
 
 def test_a_dsn_of_ones_own_means_no_private_server() -> None:
@@ -108,6 +113,7 @@ def test_set_values_win_and_empty_ones_mean_the_default(tmp_path: Path) -> None:
     )
     assert tree.var_dir == tmp_path
     assert tree.metrics_dir == tmp_path / "metrics"  # follows the var dir
+    assert tree.secrets.redis == tmp_path / "secrets" / "redis-userhub.password"  # likewise
     assert (tree.db_workers, tree.gateways) == (5, 2)
     assert tree.exports()["USERHUB_HTTP_ADDR"] == "[::1]:9090"
     assert tree.start_redis is False
@@ -181,7 +187,7 @@ def test_env_sh_exports_exactly_the_tree_config() -> None:
 def test_env_sh_keeps_what_the_shell_set_even_unexported() -> None:
     after = sourced(clean(USERHUB_REDIS_PORT="6501"), before="USERHUB_DB_WORKERS=7")
     assert after["USERHUB_DB_WORKERS"] == "7"
-    assert after["USERHUB_REDIS_URL"] == "redis://127.0.0.1:6501/0"
+    assert after["USERHUB_REDIS_URL"] == "redis://userhub@127.0.0.1:6501/0"
 
 
 def test_env_sh_fails_when_a_value_is_bad() -> None:

@@ -34,8 +34,13 @@ def test_a_tree_with_its_own_servers_ignores_the_callers_settings(tmp_path: Path
     assert env["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path / "metrics")
     assert (env["USERHUB_START_MYSQL"], env["USERHUB_START_REDIS"]) == ("true", "true")
     port = env["USERHUB_MYSQL_PORT"]
-    assert env["USERHUB_MYSQL_DSN"] == f"mysql://userhub:userhub@127.0.0.1:{port}/userhub"
-    assert env["USERHUB_REDIS_URL"] == f"redis://127.0.0.1:{env['USERHUB_REDIS_PORT']}/0"
+    assert env["USERHUB_MYSQL_DSN"] == f"mysql://userhub@127.0.0.1:{port}/userhub"
+    assert env["USERHUB_REDIS_URL"] == f"redis://userhub@127.0.0.1:{env['USERHUB_REDIS_PORT']}/0"
+    # Passwords of its own, made in its own var dir when it starts.
+    assert env["USERHUB_SECRETS_DIR"] == str(tmp_path / "secrets")
+    assert env["USERHUB_MYSQL_PASSWORD_FILE"] == str(
+        tmp_path / "secrets" / "mysql-userhub.password"
+    )
     ports = {
         env["USERHUB_MYSQL_PORT"],
         env["USERHUB_REDIS_PORT"],
@@ -59,6 +64,10 @@ def test_an_actors_only_tree_uses_the_callers_servers(tmp_path: Path) -> None:
     assert env["USERHUB_MYSQL_DSN"] == CALLER["USERHUB_MYSQL_DSN"]
     assert env["USERHUB_REDIS_URL"] == CALLER["USERHUB_REDIS_URL"]
     assert env["USERHUB_SESSION_IDLE_S"] == "77"  # inherited
+    # The caller's servers' passwords, where the caller's tree keeps them.
+    assert env["USERHUB_SECRETS_DIR"] == "/srv/callers-var/secrets"
+    assert env["USERHUB_MYSQL_PASSWORD_FILE"] == "/srv/callers-var/secrets/mysql-userhub.password"
+    assert env["USERHUB_REDIS_PASSWORD_FILE"] == "/srv/callers-var/secrets/redis-userhub.password"
     assert "USERHUB_HASH_THREADS" not in env  # sized by this tree's db_workers instead
     assert env["USERHUB_DB_WORKERS"] == "1"
     assert env["USERHUB_HTTP_ADDR"] != CALLER["USERHUB_HTTP_ADDR"]
