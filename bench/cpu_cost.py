@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from actors.runtime.config import TreeConfig
+from actors.runtime.tree_config import TreeConfig
 from bench import loadgen
 from tools.supervisorctl import Supervisorctl
 

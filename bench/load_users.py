@@ -27,7 +27,7 @@ from queue import Queue
 import pymysql
 
 from actors.db.passwords import make_hasher
-from actors.runtime.config import MysqlDsn
+from actors.runtime.stores import MysqlDsn
 from bench.scenarios import BENCH_PASSWORD, TOKENS_FILE, bench_token, username_of
 from tools import dbsetup
 

@@ -26,7 +26,7 @@ import uvloop
 from actors.cache.profile_cache import CachedSession, ProfileCache
 from actors.cache.redis_fast import FastRedis
 from actors.cache.redis_link import RedisLink
-from actors.runtime.config import RedisTarget
+from actors.runtime.stores import RedisTarget
 from actors.wire import messages
 
 _KEY = "uh:bench:redis_paths"

@@ -32,7 +32,8 @@ from typing import Any
 
 import redis
 
-from actors.runtime.config import MysqlDsn, TreeConfig
+from actors.runtime.stores import MysqlDsn
+from actors.runtime.tree_config import TreeConfig
 from bench import baselines, load_users, loadgen, plots, stages, sweeps
 from bench.report import write_report
 from tools import redis_acl

@@ -14,7 +14,7 @@ import json
 import random
 from pathlib import Path
 
-from actors.runtime.config import var_dir
+from actors.runtime.env import var_dir
 from bench.httpclient import build_request
 
 BENCH_PASSWORD = "bench-password-1"

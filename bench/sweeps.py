@@ -26,7 +26,7 @@ from typing import Any
 
 import pymysql
 
-from actors.runtime.config import MysqlDsn
+from actors.runtime.stores import MysqlDsn
 from bench import loadgen, stages
 from tools.private_tree import PrivateTree, private_tree
 

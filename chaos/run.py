@@ -39,14 +39,10 @@ import aiohttp
 import pymysql
 import redis
 
-from actors.runtime.config import (
-    CacheWorkerConfig,
-    MysqlDsn,
-    RedisTarget,
-    TreeConfig,
-    format_addr,
-    parse_addr,
-)
+from actors.runtime.config import CacheWorkerConfig
+from actors.runtime.env import format_addr, parse_addr
+from actors.runtime.stores import MysqlDsn, RedisTarget
+from actors.runtime.tree_config import TreeConfig
 from chaos import checker, faults, workload
 from chaos.proxied_tree import proxied_tree
 from chaos.proxy import RemoteProxy

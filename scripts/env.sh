@@ -1,7 +1,7 @@
 # userhub's environment for the shell and supervisord.conf, which reads every
 # %(ENV_...)s it needs from here. Sourced by make run, stop, chaos and bench, and by
 # the test harness (tools/private_tree.py).
-# The defaults are written in actors/runtime/config.py (TreeConfig); this file
+# The defaults are written in actors/runtime (tree_config.py and env.py); this file
 # exports what that module prints. A value set beforehand wins; an empty one means
 # the default.
 # shellcheck shell=bash
@@ -17,7 +17,7 @@ done
 # the standard library.
 _userhub_python="$USERHUB_ROOT/.venv/bin/python"
 [ -x "$_userhub_python" ] || _userhub_python=python3
-if ! _userhub_exports="$(cd "$USERHUB_ROOT" && "$_userhub_python" -m actors.runtime.config --shell)"; then
+if ! _userhub_exports="$(cd "$USERHUB_ROOT" && "$_userhub_python" -m actors.runtime.tree_config --shell)"; then
   unset _userhub_name _userhub_python _userhub_exports
   return 1 2>/dev/null || exit 1
 fi

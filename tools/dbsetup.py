@@ -33,7 +33,8 @@ from pathlib import Path
 
 import pymysql
 
-from actors.runtime.config import MysqlDsn, SecretFiles, var_dir
+from actors.runtime.env import var_dir
+from actors.runtime.stores import MysqlDsn, SecretFiles
 
 SCHEMA = Path(__file__).resolve().parents[1] / "actors" / "db" / "schema.sql"
 

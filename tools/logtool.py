@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from actors.runtime.config import var_dir
+from actors.runtime.env import var_dir
 from tools.logtool_read import (
     Line,
     ReadStats,

@@ -37,7 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from actors.runtime.config import SecretFiles, TreeConfig
+from actors.runtime.stores import SecretFiles
+from actors.runtime.tree_config import TreeConfig
 from actors.wire import messages
 from tools import admin, pki, secrets
 from tools.ports import free_port

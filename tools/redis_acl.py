@@ -20,7 +20,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from actors.runtime.config import RedisTarget, TreeConfig, read_password
+from actors.runtime.stores import RedisTarget, read_password
+from actors.runtime.tree_config import TreeConfig
 
 ADMIN_USER = "admin"
 DEFAULT_USER = "userhub"  # when the tree's URL names none

@@ -32,7 +32,8 @@ from urllib.parse import urlsplit
 
 import redis
 
-from actors.runtime.config import MysqlDsn, TreeConfig
+from actors.runtime.stores import MysqlDsn
+from actors.runtime.tree_config import TreeConfig
 from tools import admin, dbsetup, pki, redis_acl, secrets
 from tools.ports import listening
 from tools.supervisorctl import Supervisorctl, wait_until

@@ -24,7 +24,8 @@ import stat
 import sys
 from pathlib import Path
 
-from actors.runtime.config import SecretFiles, TreeConfig, read_password
+from actors.runtime.stores import SecretFiles, read_password
+from actors.runtime.tree_config import TreeConfig
 from tools import redis_acl
 
 PASSWORD_BYTES = 32

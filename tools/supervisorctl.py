@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from actors.runtime.config import REPO_ROOT, var_dir
+from actors.runtime.env import REPO_ROOT, var_dir
 
 ROOT = REPO_ROOT
 VENV_BIN = ROOT / ".venv" / "bin"

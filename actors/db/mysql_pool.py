@@ -27,7 +27,7 @@ import pymysql
 
 from actors.runtime import metrics
 from actors.runtime.breaker import Breaker
-from actors.runtime.config import MysqlDsn
+from actors.runtime.stores import MysqlDsn
 from actors.wire.errors import DatabaseUnavailable, PoolExhausted
 
 # What a broken or unreachable server looks like from aiomysql. RuntimeError is

@@ -18,7 +18,8 @@ import structlog
 
 from actors.db.mysql_pool import MysqlPool
 from actors.db.session_touches import SessionTouches
-from actors.runtime.config import MysqlDsn, SessionPolicy
+from actors.runtime.config import SessionPolicy
+from actors.runtime.stores import MysqlDsn
 from actors.wire import messages
 from actors.wire.errors import (
     Unauthenticated,

@@ -21,7 +21,8 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from actors.runtime import metrics
-from actors.runtime.config import CommonConfig, WorkerLimits, worker_port
+from actors.runtime.config import CommonConfig, WorkerLimits
+from actors.runtime.env import worker_port
 from actors.runtime.lifecycle import Lifecycle
 from actors.runtime.registration import Registration
 from actors.wire.errors import UserhubError

@@ -27,7 +27,7 @@ from typing import Final
 
 from aiohttp import web
 
-from actors.runtime.config import IpNetwork
+from actors.runtime.env import IpNetwork
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -60,7 +60,8 @@ import structlog
 from aiohttp import web
 
 from actors.rules import validation
-from actors.runtime.config import GatewayConfig, IpNetwork
+from actors.runtime.config import GatewayConfig
+from actors.runtime.env import IpNetwork
 from actors.runtime.leasing import WorkerPool
 from actors.web import csrf
 from actors.web.client_address import client_address, throttle_key

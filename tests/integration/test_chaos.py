@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.runtime.config import MysqlDsn
+from actors.runtime.stores import MysqlDsn
 from chaos import run as chaos_run
 from tests.integration.tree import Tree
 from tools import redis_acl

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
-from actors.runtime.config import MysqlDsn
+from actors.runtime.stores import MysqlDsn
 from actors.web.views import PUBLIC_MESSAGES
 from chaos.run import mysql_connections
 from tests.integration.fault_proxy import ProxiedTree, proxied_tree

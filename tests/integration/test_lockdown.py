@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes
 
 from actors.cache.profile_cache import BOOT_KEY
 from actors.rules.tokens import hash_token
-from actors.runtime.config import MysqlDsn
+from actors.runtime.stores import MysqlDsn
 from tests.integration.conftest import sign_up_and_log_in, unique_name
 from tests.integration.tree import PYTHON, ROOT, Tree, running_tree
 from tools import dbsetup, redis_acl, secrets

@@ -7,18 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from actors.runtime import config
+from actors.runtime import env, stores, tree_config
 from actors.runtime.config import (
     CacheWorkerConfig,
     CommonConfig,
     DbWorkerConfig,
     GatewayConfig,
     ManagerConfig,
-    MysqlDsn,
-    RedisTarget,
-    SecretFiles,
-    parse_addr,
 )
+from actors.runtime.env import parse_addr
+from actors.runtime.stores import MysqlDsn, RedisTarget, SecretFiles
 
 
 @pytest.fixture
@@ -112,7 +110,7 @@ def test_a_dsn_with_a_password_of_its_own_ignores_the_file(tmp_path: Path) -> No
 
 def test_a_missing_password_file_means_no_password(tmp_path: Path) -> None:
     assert MysqlDsn.parse("mysql://svc@db/users", tmp_path / "absent").password == ""
-    assert config.read_password(tmp_path / "absent") is None
+    assert stores.read_password(tmp_path / "absent") is None
 
 
 def test_the_password_never_shows_in_a_repr(tmp_path: Path) -> None:
@@ -165,7 +163,7 @@ def test_workers_read_their_passwords_from_the_files(
     assert (cache.redis_username, cache.redis_password) == ("userhub", "r-pw")
     assert "r-pw" not in repr(cache)
     # Neither is in the environment the tree exports.
-    assert "m-pw" not in str(config.TreeConfig.from_env().exports())
+    assert "m-pw" not in str(tree_config.TreeConfig.from_env().exports())
 
 
 # -- defaults from the environment ----------------------------------------------------------
@@ -178,7 +176,7 @@ def test_common_defaults(clean_env: pytest.MonkeyPatch) -> None:
     assert common.advertise_host == "127.0.0.1"
     assert common.request_timeout_s == 5.0
     assert common.max_frame == 1 << 20
-    assert common.var_dir == config.REPO_ROOT / "var"
+    assert common.var_dir == env.REPO_ROOT / "var"
     assert common.log_level == "info"
 
 

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from actors.runtime import config
-from actors.runtime.config import CacheWorkerConfig, DbWorkerConfig, TreeConfig
+from actors.runtime import env
+from actors.runtime.config import CacheWorkerConfig, DbWorkerConfig
+from actors.runtime.tree_config import TreeConfig
 
-ROOT = config.REPO_ROOT
+ROOT = env.REPO_ROOT
 
 #: What scripts/env.sh exports, in its order.
 EXPORTED = [
@@ -158,7 +159,7 @@ def test_bash_reads_back_what_was_printed() -> None:
 def test_the_module_prints_the_export_lines() -> None:
     env = clean(USERHUB_GATEWAYS="3")
     out = subprocess.run(
-        [sys.executable, "-m", "actors.runtime.config", "--shell"],
+        [sys.executable, "-m", "actors.runtime.tree_config", "--shell"],
         cwd=ROOT,
         env=env,
         check=True,
@@ -166,7 +167,7 @@ def test_the_module_prints_the_export_lines() -> None:
     )
     assert out.stdout.decode() == TreeConfig.from_env(env).shell()
     bad = subprocess.run(
-        [sys.executable, "-m", "actors.runtime.config", "--shell"],
+        [sys.executable, "-m", "actors.runtime.tree_config", "--shell"],
         cwd=ROOT,
         env=clean(USERHUB_GATEWAYS="two"),
         capture_output=True,

@@ -6,7 +6,7 @@ import getpass
 
 import pytest
 
-from actors.runtime.config import MysqlDsn
+from actors.runtime.stores import MysqlDsn
 from tools import dbsetup
 
 SERVICE = MysqlDsn("db", 3306, "userhub", "svc-pw", "userhub")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.runtime.config import REPO_ROOT
+from actors.runtime.env import REPO_ROOT
 from tools.private_tree import PrivateTree, private_tree, tree_env
 
 CALLER = {

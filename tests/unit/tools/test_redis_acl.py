@@ -6,7 +6,8 @@ import hashlib
 import re
 from pathlib import Path
 
-from actors.runtime.config import REPO_ROOT, TreeConfig
+from actors.runtime.env import REPO_ROOT
+from actors.runtime.tree_config import TreeConfig
 from tools import redis_acl
 
 CACHE_SIDE = sorted((REPO_ROOT / "actors" / "cache").glob("*.py"))

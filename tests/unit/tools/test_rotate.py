@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.runtime.config import TreeConfig
+from actors.runtime.tree_config import TreeConfig
 from tools import dbsetup, pki, rotate, secrets
 from tools.supervisorctl import Supervisorctl
 

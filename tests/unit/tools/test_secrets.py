@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.runtime.config import TreeConfig
+from actors.runtime.tree_config import TreeConfig
 from tools import redis_acl, secrets
 
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from actors.runtime.config import trusted_proxies
+from actors.runtime.env import trusted_proxies
 from actors.web.client_address import client_address, parse_address, throttle_key
 
 PROXIES = trusted_proxies("10.0.0.1, 10.1.0.0/16 fd00::/8")
